@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make sweep   creates .venv if missing, runs a real sweep and builds its report
+#   make test    creates .venv if missing, runs the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+SWEEP_DIR ?= outputs/sweeps/demo
+
+.PHONY: venv sweep test test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(BIN)/python -m gradsweep -m act=sigmoid,tanh,relu depth=5,10,20 hydra.sweep.dir=$(SWEEP_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/instrumentation_overhead.py
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/sweeps

@@ -1,0 +1,184 @@
+"""Configuration schema of one gradsweep run, registered in Hydra's ConfigStore.
+
+Choice-valued keys are Enums so that Hydra itself rejects a bad value at
+composition time and lists the valid choices; numeric ranges are checked by
+`validate`, which the sweeper calls for every job before any job starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any, Mapping, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class Activation(str, Enum):
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    gelu = "gelu"
+    selu = "selu"
+    identity = "identity"
+
+
+class Init(str, Enum):
+    default = "default"
+    xavier_uniform = "xavier_uniform"
+    xavier_normal = "xavier_normal"
+    kaiming_uniform = "kaiming_uniform"
+    kaiming_normal = "kaiming_normal"
+    orthogonal = "orthogonal"
+    normal = "normal"
+    fan_in = "fan_in"
+
+
+class BiasInit(str, Enum):
+    default = "default"
+    zeros = "zeros"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Loss(str, Enum):
+    mean = "mean"
+    mse = "mse"
+
+
+@dataclass
+class RunConfig:
+    """One run: an MLP, its data, its training loop and what to record.
+
+    Defaults reproduce the course exercise: 10 inputs, width 20, 1 output,
+    5 Linear layers each followed by a sigmoid, PyTorch's default init,
+    a batch of 32 N(0, 1) inputs, loss = mean of the output, step 0 only.
+    """
+
+    act: Activation = Activation.sigmoid
+    depth: int = 5
+    width: int = 20
+    in_features: int = 10
+    out_features: int = 1
+    output_act: bool = True
+    init: Init = Init.default
+    init_scale: float = 1.0
+    bias_init: BiasInit = BiasInit.default
+    batchnorm: bool = False
+    clip: Optional[float] = None
+    device: Device = Device.cpu
+    dtype: DType = DType.float32
+    seed: int = 42
+    data_seed: int = 0
+    replicas: int = 1
+    steps: int = 0
+    log_every: int = 1
+    hist_every: int = 1
+    lr: float = 0.01
+    momentum: float = 0.0
+    optimizer: Optimizer = Optimizer.sgd
+    batch_size: int = 32
+    loss: Loss = Loss.mean
+
+
+@dataclass
+class AppConfig(RunConfig):
+    """The Hydra app's root node: the run's keys plus where to write."""
+
+    experiment_name: str = "default"
+    stats_file: str = "grad_stats.parquet"
+
+
+RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+
+_POSITIVE_INT = ("depth", "width", "in_features", "out_features", "replicas", "log_every", "hist_every", "batch_size")
+
+
+class ConfigValueError(ValueError):
+    """A configuration value outside its valid range; the message names key, value and range."""
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def run_values(cfg: Any) -> dict[str, Any]:
+    """The run's keys as plain Python values (Enums as their names), in schema order."""
+    get = cfg.get if isinstance(cfg, (Mapping, DictConfig)) else lambda k, d=None: getattr(cfg, k, d)
+    defaults = RunConfig()
+    return {k: _plain(get(k, getattr(defaults, k))) for k in RUN_KEYS}
+
+
+def validate(cfg: Any) -> dict[str, Any]:
+    """Check numeric ranges that a type alone cannot express; return the plain values."""
+    v = run_values(cfg)
+    for key in _POSITIVE_INT:
+        if not isinstance(v[key], int) or v[key] < 1:
+            raise ConfigValueError(f"{key}={v[key]!r} is invalid: {key} must be an integer >= 1")
+    if v["steps"] < 0:
+        raise ConfigValueError(f"steps={v['steps']!r} is invalid: steps must be an integer >= 0")
+    for key in ("init_scale", "lr"):
+        if not v[key] > 0:
+            raise ConfigValueError(f"{key}={v[key]!r} is invalid: {key} must be a number > 0")
+    if v["clip"] is not None and not v["clip"] > 0:
+        raise ConfigValueError(
+            f"clip={v['clip']!r} is invalid: clip must be null (no clipping) or a number > 0"
+        )
+    if not 0 <= v["momentum"] < 1:
+        raise ConfigValueError(f"momentum={v['momentum']!r} is invalid: momentum must be in [0, 1)")
+    if v["batchnorm"] and v["batch_size"] < 2:
+        raise ConfigValueError(
+            f"batch_size={v['batch_size']} is invalid with batchnorm=true: BatchNorm needs batch_size >= 2"
+        )
+    if v["seed"] < 0 or v["data_seed"] < 0:
+        raise ConfigValueError(f"seed={v['seed']}, data_seed={v['data_seed']}: seeds must be >= 0")
+    return v
+
+
+def run_key(cfg: Any) -> str:
+    """Stable 16-hex-digit hash of the run's resolved keys (not the Hydra node, not output names)."""
+    payload = json.dumps(run_values(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_dirname(cfg: Any) -> str:
+    """Directory name of a run inside a sweep: readable main axes plus the run key.
+
+    The same configuration always maps to the same name, whatever order or
+    spelling the overrides had, which is what makes sweeps resumable.
+    """
+    v = run_values(cfg)
+    clip = "none" if v["clip"] is None else f"{v['clip']:g}"
+    return (
+        f"{v['act']}-d{v['depth']}-w{v['width']}-{v['init']}x{v['init_scale']:g}"
+        f"-bn{int(v['batchnorm'])}-clip{clip}-s{v['seed']}-{run_key(v)[:8]}"
+    )
+
+
+def _run_dirname_resolver(*, _root_: DictConfig) -> str:
+    return run_dirname({k: _root_[k] for k in RUN_KEYS if k in _root_})
+
+
+def register_configs() -> None:
+    """Register the schema and the run-dir resolver used by conf/hydra/ settings."""
+    ConfigStore.instance().store(name="schema", node=AppConfig)
+    if not OmegaConf.has_resolver("run_dirname"):
+        OmegaConf.register_new_resolver("run_dirname", _run_dirname_resolver)
