@@ -25,6 +25,7 @@ from gradsweep.probe import N_HIST_BINS, S, STAT_COLUMNS, GradientProbe, TensorS
 
 BN_EPS = 1e-5
 TEACHER_WIDTH = 32
+DATA_CHUNK = 256
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -129,24 +130,39 @@ class GradientFlowRun:
         ]
         self.specs = _tensor_specs(self.layers, v["batch_size"])
         self.probe = GradientProbe(self.specs, self.replicas, self.device, self.dtype)
-        self.inputs, self.targets = self._make_data()
+        self._teacher = self._make_teacher()
+        self._chunk = -1
         self.optimizer = self._make_optimizer()
         self._grad_order = self._spec_order()
 
-    def _make_data(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """All batches up front, drawn on the CPU in float64 so every device and dtype sees the same data."""
+    def _make_teacher(self) -> nn.Sequential | None:
         v = self.values
-        gen = torch.Generator().manual_seed(v["data_seed"])
-        x = torch.randn(v["steps"] + 1, v["batch_size"], v["in_features"], generator=gen, dtype=torch.float64)
-        targets = None
-        if v["loss"] == "mse":
-            teacher = build_mlp(
-                act="tanh", depth=2, width=TEACHER_WIDTH, in_features=v["in_features"],
-                out_features=v["out_features"], output_act=False, seed=v["data_seed"] + 1_000_003,
-            ).double()
-            with torch.no_grad():
-                targets = teacher(x).to(self.device, self.dtype)
-        return x.to(self.device, self.dtype), targets
+        if v["loss"] != "mse":
+            return None
+        return build_mlp(
+            act="tanh", depth=2, width=TEACHER_WIDTH, in_features=v["in_features"],
+            out_features=v["out_features"], output_act=False, seed=v["data_seed"] + 1_000_003,
+        ).double()
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs (and teacher targets) of `step`, the same on every device and dtype.
+
+        Batches are drawn on the CPU in float64, DATA_CHUNK steps at a time from a
+        generator seeded by (data_seed, chunk), so any step can be reproduced
+        without drawing all the steps before it and memory stays bounded.
+        """
+        chunk = step // DATA_CHUNK
+        if chunk != self._chunk:
+            v = self.values
+            gen = torch.Generator().manual_seed(v["data_seed"] * 1_000_003 + chunk)
+            x = torch.randn(DATA_CHUNK, v["batch_size"], v["in_features"], generator=gen, dtype=torch.float64)
+            targets = None
+            if self._teacher is not None:
+                with torch.no_grad():
+                    targets = self._teacher(x).to(self.device, self.dtype)
+            self._inputs, self._targets, self._chunk = x.to(self.device, self.dtype), targets, chunk
+        i = step % DATA_CHUNK
+        return self._inputs[i], None if self._targets is None else self._targets[i]
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         v = self.values
@@ -183,11 +199,11 @@ class GradientFlowRun:
                 h = layer.act(h)
         return h, preacts
 
-    def losses(self, out: torch.Tensor, step: int) -> torch.Tensor:
+    def losses(self, out: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """Per-replica loss (K,): the exercise's mean of the output, or MSE to the teacher."""
-        if self.targets is None:
+        if targets is None:
             return out.mean(dim=(1, 2))
-        return F.mse_loss(out, self.targets[step].expand_as(out), reduction="none").mean(dim=(1, 2))
+        return F.mse_loss(out, targets.expand_as(out), reduction="none").mean(dim=(1, 2))
 
     def clip_(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Clip each replica's total gradient norm in place (clip_grad_norm_ semantics); return the factor (K,)."""
@@ -207,16 +223,18 @@ class GradientFlowRun:
     def bare_step(self, step: int) -> None:
         """The same training step without any instrumentation: the overhead baseline."""
         self.optimizer.zero_grad(set_to_none=True)
-        out, _ = self.forward(self.inputs[step])
-        self.losses(out, step).sum().backward()
+        x, targets = self.batch(step)
+        out, _ = self.forward(x)
+        self.losses(out, targets).sum().backward()
         if self.values["clip"] is not None:
             self.clip_([p.grad for p in self.params])
         self.optimizer.step()
 
     def instrumented_step(self, step: int, with_hist: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Train one step and return its statistics, after ONE device-to-host copy."""
-        out, preacts = self.forward(self.inputs[step])
-        losses = self.losses(out, step)
+        x, targets = self.batch(step)
+        out, preacts = self.forward(x)
+        losses = self.losses(out, targets)
         grads = torch.autograd.grad(losses.sum(), self.params + preacts)
         ordered = [grads[i] for i in self._grad_order]
         stats, hist = self.probe.measure(ordered, self.params, with_hist)
