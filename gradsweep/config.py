@@ -146,10 +146,12 @@ def validate(cfg: Any) -> dict[str, Any]:
         raise ConfigValueError(f"momentum={v['momentum']!r} is invalid: momentum must be in [0, 1)")
     if v["batchnorm"] and v["batch_size"] < 2:
         raise ConfigValueError(
-            f"batch_size={v['batch_size']} is invalid with batchnorm=true: BatchNorm needs batch_size >= 2"
+            f"batch_size={v['batch_size']} is invalid: batch_size must be >= 2 with batchnorm=true"
         )
     if v["seed"] < 0 or v["data_seed"] < 0:
-        raise ConfigValueError(f"seed={v['seed']}, data_seed={v['data_seed']}: seeds must be >= 0")
+        raise ConfigValueError(
+            f"seed={v['seed']}, data_seed={v['data_seed']} is invalid: seeds must be integers >= 0"
+        )
     return v
 
 

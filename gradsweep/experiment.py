@@ -231,31 +231,37 @@ class GradientFlowRun:
         self.optimizer.step()
 
     def instrumented_step(self, step: int, with_hist: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Train one step and return its statistics, after ONE device-to-host copy."""
+        """Train one step; return its statistics row block and histograms after ONE device-to-host copy."""
         x, targets = self.batch(step)
         out, preacts = self.forward(x)
         losses = self.losses(out, targets)
         grads = torch.autograd.grad(losses.sum(), self.params + preacts)
         ordered = [grads[i] for i in self._grad_order]
-        stats, hist = self.probe.measure(ordered, self.params, with_hist)
+        packed = self.probe.measure(ordered, self.params, with_hist)
         param_grads = list(grads[: len(self.params)])
-        coef = self.clip_(param_grads) if self.values["clip"] is not None else torch.ones_like(losses)
-        k, n_t = self.replicas, len(self.specs)
-        parts = [stats.reshape(-1).to(torch.float64), losses.detach().to(torch.float64), coef.to(torch.float64)]
-        if hist is not None:
-            parts.append(hist.reshape(-1).to(torch.float64))
-        packed = torch.cat(parts).cpu().numpy()
-        n_stats = k * n_t * len(STAT_COLUMNS)
-        host_stats = packed[:n_stats].reshape(k, n_t, len(STAT_COLUMNS))
-        self.probe.repair_nonfinite(host_stats, ordered)
-        tail = packed[n_stats:]
-        host_hist = tail[2 * k:].reshape(k, n_t, N_HIST_BINS).astype(np.int64) if hist is not None else None
+        tail = [losses.detach().to(torch.float64)]
+        if self.values["clip"] is not None:
+            tail.append(self.clip_(param_grads).to(torch.float64))
+        host = torch.cat([packed, *tail]).cpu().numpy()
+        k = self.replicas
+        n_tail = k * len(tail)
+        stats, hist = self.probe.unpack(host[:-n_tail], with_hist)
+        self.probe.repair_nonfinite(stats, ordered)
+        coef = host[-k:] if self.values["clip"] is not None else np.ones(k)
         if step < self.values["steps"]:
             self._update(param_grads)
-        return np.concatenate([host_stats.reshape(-1), tail[: 2 * k]]), host_hist
+        return np.concatenate([stats.reshape(-1), host[-n_tail:][:k], coef]), hist
 
-    def run(self) -> RunResult:
-        """Train for `steps` updates, measuring at step 0, every `log_every` steps and the last step."""
+    def replica_inits(self) -> list[tuple[int, float]]:
+        """(seed, init_scale) of each stacked replica: seed + r at the configured scale."""
+        v = self.values
+        return [(v["seed"] + r, v["init_scale"]) for r in range(v["replicas"])]
+
+    def run(self, progress: Callable[[int], None] | None = None) -> RunResult:
+        """Train for `steps` updates, measuring at step 0, every `log_every` steps and the last step.
+
+        `progress(n)` is called after each of the steps + 1 passes; it sees no tensor, so adds no host sync.
+        """
         v = self.values
         start = time.perf_counter()
         records: list[tuple[int, np.ndarray, np.ndarray | None]] = []
@@ -289,13 +295,11 @@ class GradientFlowRun:
         col = lambda name: raw[..., S[name]].reshape(-1)  # noqa: E731
         shape = (n_steps, k, n_t)
         numel_b = np.broadcast_to(numel, shape).reshape(-1)
-        grad_sumsq = col("grad_sumsq")
-        grad_norm = np.sqrt(grad_sumsq)
+        grad_norm = np.sqrt(col("grad_sumsq"))
         mean = col("grad_sum") / numel_b
         with np.errstate(invalid="ignore"):
-            std = np.sqrt(np.maximum(grad_sumsq / numel_b - mean**2, 0.0))
-            pmean = col("param_sum") / numel_b
-            param_std = np.sqrt(np.maximum(col("param_sumsq") / numel_b - pmean**2, 0.0))
+            std = np.sqrt(np.maximum(col("grad_m2"), 0.0) / numel_b)
+            param_std = np.sqrt(np.maximum(col("param_m2"), 0.0) / numel_b)
         param_sq = np.where(is_param, raw[..., S["param_sumsq"]], 0.0)
         grad_sq_params = np.where(is_param, raw[..., S["grad_sumsq"]], 0.0)
         total = np.sqrt(grad_sq_params.sum(-1))  # (steps, K)

@@ -5,8 +5,11 @@ and the backpropagated pre-activation gradients dL/dz) is reduced to a fixed
 row of statistics per replica. Small networks are bound by per-op overhead, so
 their tensors are concatenated and reduced by segment in one pass ("fused");
 large ones are bound by memory bandwidth, so each tensor is reduced in place
-with reductions that write no full-size temporaries ("per-tensor"). Both give
-the same numbers; `measure` returns one stacked device tensor so that a logged
+with reductions that write no full-size temporaries ("per-tensor"). The fused
+path works in float64 with a two-pass (centred) variance; the per-tensor path
+works in the gradient's dtype with a one-pass variance, so its grad_std loses
+relative precision ~eps * (mean/std)^2 when a tensor's mean dominates its
+spread. Otherwise both give the same numbers; `measure` returns one stacked device tensor so that a logged
 step costs one device-to-host copy.
 """
 
@@ -36,6 +39,7 @@ _NAN_SENTINEL = 1e30  # stands in for log10|NaN|; larger than any finite log10|g
 STAT_COLUMNS: tuple[str, ...] = (
     "grad_sum",
     "grad_sumsq",
+    "grad_m2",
     "grad_min",
     "grad_max",
     "grad_n_zero",
@@ -43,6 +47,7 @@ STAT_COLUMNS: tuple[str, ...] = (
     "grad_n_inf",
     "param_sum",
     "param_sumsq",
+    "param_m2",
 )
 S = {name: i for i, name in enumerate(STAT_COLUMNS)}
 
@@ -72,49 +77,71 @@ def _hist_index(values: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
 
 
 class GradientProbe:
-    """Reduces a fixed list of tensors to a (replicas, tensors, stats) device tensor."""
+    """Reduces a fixed list of tensors to one packed float64 device tensor per logged step.
+
+    `measure` does the device work and returns the packed tensor; the caller
+    copies it to the host once and `unpack` turns it into (K, T, stats) and
+    (K, T, bins) arrays with numpy, where per-element cost is lowest.
+    """
 
     def __init__(self, specs: list[TensorSpec], replicas: int, device: torch.device, dtype: torch.dtype) -> None:
         self.specs = specs
         self.replicas = replicas
         self.device = device
-        total = replicas * sum(s.numel for s in specs)
-        self.fused = total <= FUSED_MAX_ELEMENTS
         self.param_index = [i for i, s in enumerate(specs) if s.is_param]
-        stat_dtype = torch.float64 if self.fused else dtype
-        self._boundaries = _hist_boundaries(stat_dtype, device)
+        self._n_grad = sum(s.numel for s in specs)
+        self.fused = replicas * self._n_grad <= FUSED_MAX_ELEMENTS
+        self._boundaries = _hist_boundaries(torch.float64 if self.fused else dtype, device)
         n_t = len(specs)
         if self.fused:
-            lengths = torch.tensor([s.numel for s in specs], device=device)
-            self._lengths = lengths.expand(replicas, n_t).contiguous()
-            param_lengths = torch.tensor([specs[i].numel for i in self.param_index], device=device)
-            self._param_lengths = param_lengths.expand(replicas, len(self.param_index)).contiguous()
-            segment = torch.repeat_interleave(torch.arange(n_t, device=device), lengths)
+            sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
+            self._lengths = torch.tensor(sizes, device=device).expand(replicas, len(sizes)).contiguous()
+            grad_lengths = torch.tensor([s.numel for s in specs], device=device)
+            segment = torch.repeat_interleave(torch.arange(n_t, device=device), grad_lengths)
             rows = torch.arange(replicas, device=device)[:, None] * n_t
             self._hist_base = (rows + segment[None, :]) * N_HIST_BINS
         self._replica_base = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS
 
-    def measure(
-        self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Statistics (K, T, len(STAT_COLUMNS)) and, if asked, histograms (K, T, N_HIST_BINS).
+    @torch.no_grad()
+    def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
+        """Packed statistics of `grads` (in `specs` order) and of `params` (the specs marked is_param).
 
-        `grads` follow `specs`; `params` are the parameter tensors of the
-        specs marked `is_param`, in order. Leading dim of every tensor = replica.
-        The per-tensor path leaves NaN/Inf counts at zero: `repair_nonfinite`
-        fills them, on the host, for the rare rows whose reductions are not finite.
+        The leading dim of every tensor is the replica. In the fused path the
+        histogram is always computed, since the zero/NaN/Inf counts come from it.
         """
         if self.fused:
-            stats, hist = self._measure_fused(grads, params)
-            return stats, hist if with_hist else None
+            return self._measure_fused(grads, params)
         return self._measure_per_tensor(grads, params, with_hist)
+
+    def unpack(self, packed: np.ndarray, with_hist: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Host arrays: statistics (K, T, len(STAT_COLUMNS)) and histograms (K, T, N_HIST_BINS) or None."""
+        k, n_t, n_p = self.replicas, len(self.specs), len(self.param_index)
+        stats = np.full((k, n_t, len(STAT_COLUMNS)), np.nan)
+        if self.fused:
+            n_seg = n_t + n_p
+            sums, m2, hi, lo, hist = np.split(packed, np.cumsum([k * n_seg] * 4))
+            sums, m2, hi, lo = (a.reshape(k, n_seg) for a in (sums, m2, hi, lo))
+            numel = np.array([s.numel for s in self.specs] + [self.specs[i].numel for i in self.param_index])
+            sumsq = m2 + sums**2 / numel
+            hist = hist.reshape(k, n_t, N_HIST_BINS).astype(np.int64)
+            for name, values in (("sum", sums), ("sumsq", sumsq), ("m2", m2)):
+                stats[..., S[f"grad_{name}"]] = values[:, :n_t]
+                stats[:, self.param_index, S[f"param_{name}"]] = values[:, n_t:]
+            stats[..., S["grad_max"]], stats[..., S["grad_min"]] = hi[:, :n_t], lo[:, :n_t]
+            stats[..., S["grad_n_zero"]] = hist[..., HIST_ZERO]
+            stats[..., S["grad_n_nan"]] = hist[..., HIST_NAN]
+            stats[..., S["grad_n_inf"]] = hist[..., HIST_INF]
+            return stats, hist if with_hist else None
+        rows, hist = np.split(packed, [k * n_t * len(STAT_COLUMNS)])
+        stats[:] = rows.reshape(stats.shape)
+        return stats, hist.reshape(k, n_t, N_HIST_BINS).astype(np.int64) if with_hist else None
 
     def repair_nonfinite(self, stats: np.ndarray, grads: list[torch.Tensor]) -> None:
         """Recompute in float64, with exact NaN/Inf counts, every row whose sums are not finite.
 
-        Only the per-tensor path needs it: its float32 reductions overflow for
-        |g| > ~1e19 and it counts no NaN/Inf on the fast path. Rows with finite
-        sums have no NaN or Inf elements, so they are already exact.
+        Only the per-tensor path needs it: its reductions run in the gradient's
+        dtype (float32 overflows for |g| > ~1e19) and it counts no NaN/Inf on the
+        fast path. Rows with finite sums hold no NaN or Inf, so they are exact.
         """
         if self.fused:
             return
@@ -123,29 +150,23 @@ class GradientProbe:
             g = grads[t].reshape(self.replicas, -1)[r].to(torch.float64)
             stats[r, t, S["grad_sum"]] = g.sum().item()
             stats[r, t, S["grad_sumsq"]] = (g * g).sum().item()
+            stats[r, t, S["grad_m2"]] = ((g - g.mean()) ** 2).sum().item()
             stats[r, t, S["grad_n_nan"]] = torch.isnan(g).sum().item()
             stats[r, t, S["grad_n_inf"]] = torch.isinf(g).sum().item()
 
-    def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        k, n_t = self.replicas, len(self.specs)
-        flat = torch.cat([g.reshape(k, -1) for g in grads], dim=1).to(torch.float64)
-        sums = torch.segment_reduce(torch.stack([flat, flat * flat], -1), "sum", lengths=self._lengths, axis=1)
-        extremes = torch.segment_reduce(torch.stack([flat, -flat], -1), "max", lengths=self._lengths, axis=1)
-        index = _hist_index(flat, self._boundaries) + self._hist_base
-        hist = torch.bincount(index.view(-1), minlength=k * n_t * N_HIST_BINS).view(k, n_t, N_HIST_BINS)
-        pflat = torch.cat([p.detach().reshape(k, -1) for p in params], dim=1).to(torch.float64)
-        psums = torch.segment_reduce(
-            torch.stack([pflat, pflat * pflat], -1), "sum", lengths=self._param_lengths, axis=1
-        )
-        param_cols = torch.full((k, n_t, 2), math.nan, dtype=torch.float64, device=self.device)
-        param_cols[:, self.param_index] = psums
-        counts = hist[..., [HIST_ZERO, HIST_NAN, HIST_INF]].to(torch.float64)
-        stats = torch.cat([sums, extremes[..., :1], -extremes[..., 1:], counts, param_cols], dim=-1)
-        return stats, hist
+    def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+        k = self.replicas
+        flat = torch.cat([t.reshape(k, -1) for t in (*grads, *params)], dim=1).to(torch.float64)
+        sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1)
+        centered = flat - torch.repeat_interleave(sums / self._lengths, self._lengths[0], dim=1)
+        m2 = torch.segment_reduce(centered * centered, "sum", lengths=self._lengths, axis=1)
+        hi = torch.segment_reduce(flat, "max", lengths=self._lengths, axis=1)
+        lo = torch.segment_reduce(flat, "min", lengths=self._lengths, axis=1)
+        index = _hist_index(flat[:, : self._n_grad], self._boundaries).add_(self._hist_base)
+        hist = torch.bincount(index.view(-1), minlength=k * len(self.specs) * N_HIST_BINS)
+        return torch.cat([sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), hist.to(torch.float64)])
 
-    def _measure_per_tensor(
-        self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
         k = self.replicas
         rows = []
         hists = []
@@ -155,15 +176,24 @@ class GradientProbe:
             lo, hi = torch.aminmax(g2, dim=1)
             norm = torch.linalg.vector_norm(g2, dim=1)
             zeros = g2.shape[1] - torch.count_nonzero(g2, dim=1)
+            gsum, gsq = g2.sum(1), norm.square()
             if spec.is_param:
-                p2 = next(param_iter).detach().reshape(k, -1)
+                p2 = next(param_iter).reshape(k, -1)
                 psum = p2.sum(1)
                 psq = torch.linalg.vector_norm(p2, dim=1).square()
             else:
                 psum = psq = torch.full((k,), math.nan, dtype=g.dtype, device=g.device)
-            nan = torch.zeros_like(norm)
-            rows.append(torch.stack([g2.sum(1), norm.square(), lo, hi, zeros.to(g.dtype), nan, nan, psum, psq], -1))
+            no_count = torch.zeros_like(norm)
+            n = g2.shape[1]
+            rows.append(torch.stack(
+                [gsum, gsq, gsq - gsum * gsum / n, lo, hi, zeros.to(g.dtype), no_count, no_count,
+                 psum, psq, psq - psum * psum / n], -1,
+            ))
             if with_hist:
-                index = _hist_index(g2, self._boundaries) + self._replica_base
-                hists.append(torch.bincount(index.view(-1), minlength=k * N_HIST_BINS).view(k, N_HIST_BINS))
-        return torch.stack(rows, 1), torch.stack(hists, 1) if with_hist else None
+                index = _hist_index(g2, self._boundaries).add_(self._replica_base)
+                hists.append(torch.bincount(index.view(-1), minlength=k * N_HIST_BINS))
+        parts = [torch.stack(rows, 1).view(-1).to(torch.float64)]
+        if with_hist:
+            by_replica = torch.stack(hists).view(len(self.specs), k, N_HIST_BINS).transpose(0, 1)
+            parts.append(by_replica.reshape(-1).to(torch.float64))
+        return torch.cat(parts)

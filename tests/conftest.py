@@ -1,0 +1,27 @@
+"""Shared helpers: run the real gradsweep CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path, module: str = "gradsweep", timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m <module> ARGS` from `cwd`, with the repo's conf/, capturing text output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """Run the CLI with tmp_path as working directory (so outputs/ lands there)."""
+    return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)

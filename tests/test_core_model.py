@@ -1,0 +1,57 @@
+"""The nn.Sequential builder: architecture, init schemes, seeding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradsweep import theory
+from gradsweep.model import INIT_SCHEMES, build_mlp
+
+
+def test_exercise_network_is_5_linear_plus_5_sigmoid() -> None:
+    net = build_mlp()
+    kinds = [type(m) for m in net]
+    assert kinds == [nn.Linear, nn.Sigmoid] * 5
+    dims = [(m.in_features, m.out_features) for m in net if isinstance(m, nn.Linear)]
+    assert dims == [(10, 20), (20, 20), (20, 20), (20, 20), (20, 1)]
+
+
+def test_batchnorm_after_hidden_linear_before_activation_never_on_output() -> None:
+    net = build_mlp(act="relu", depth=3, batchnorm=True, output_act=False)
+    assert [type(m) for m in net] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+
+
+@pytest.mark.parametrize("init", INIT_SCHEMES)
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_weight_variance_matches_theory(init: str, scale: float) -> None:
+    net = build_mlp(act="identity", depth=2, width=512, in_features=512, init=init, init_scale=scale, seed=0)
+    weight = net[0].weight.detach().double()
+    expected = theory.sigma_w2(init, scale, 512, 512) / 512
+    assert weight.var().item() == pytest.approx(expected, rel=0.02)
+
+
+def test_seed_makes_init_reproducible_and_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_mlp(seed=7)
+    after = torch.rand(1)
+    b = build_mlp(seed=7)
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a[0].weight, build_mlp(seed=8)[0].weight)
+
+
+def test_bias_init_zeros_and_default() -> None:
+    assert torch.count_nonzero(build_mlp(bias_init="zeros", seed=0)[0].bias) == 0
+    bias = build_mlp(bias_init="default", seed=0, width=2000)[0].bias
+    assert bias.abs().max() <= 1 / 10**0.5 and bias.std() > 0.1
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [({"act": "foo"}, "act='foo'"), ({"init": "bad"}, "init='bad'")])
+def test_bad_names_list_the_choices(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match="choose one of") as err:
+        build_mlp(**kwargs)
+    assert needle in str(err.value)
