@@ -1,0 +1,97 @@
+"""The Hydra app end to end: real multiruns in a subprocess, bad input, help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gradsweep.store import SCHEMA_VERSION, is_complete, read_metadata
+
+
+def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = cli("-m", "act=sigmoid,tanh,relu", "depth=5,10,20", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    files = sorted(sweep.glob("*/grad_stats.parquet"))
+    assert len(files) == 9 and all(is_complete(f) for f in files)
+    frames = [pd.read_parquet(f) for f in files]
+    assert len({f["run_key"].iloc[0] for f in frames}) == 9
+    configs = {(f["act"].iloc[0], int(f["depth"].iloc[0])) for f in frames}
+    assert configs == {(a, d) for a in ("sigmoid", "tanh", "relu") for d in (5, 10, 20)}
+    for path, frame in zip(files, frames):
+        depth = int(frame["depth"].iloc[0])
+        assert sorted(frame["layer"].unique()) == list(range(depth))
+        assert len(frame) == depth * 3  # weight, bias, preact per layer
+        meta = read_metadata(path)
+        assert meta["schema_version"] == str(SCHEMA_VERSION)
+        assert f"act: {frame['act'].iloc[0]}" in meta["config"] and "hydra" not in meta["config"]
+        assert path.parent.name.startswith(f"{frame['act'].iloc[0]}-d{depth}-")
+    sigmoid20 = next(f for f in frames if (f["act"].iloc[0], f["depth"].iloc[0]) == ("sigmoid", 20))
+    weights = sigmoid20[sigmoid20["tensor"] == "weight"].sort_values("layer")["grad_norm"].to_numpy()
+    assert weights[0] / weights[-1] < 1e-8
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("act=foo", ["act=foo", "'foo'", "sigmoid, tanh, relu, leaky_relu, gelu, selu, identity"]),
+        ("init=bogus", ["'bogus'", "xavier_uniform", "fan_in"]),
+        ("depth=0", ["depth=0", "depth must be an integer >= 1"]),
+        ("width=-3", ["width=-3", "width must be an integer >= 1"]),
+        ("init_scale=-1", ["init_scale=-1", "init_scale must be a number > 0"]),
+        ("clip=0", ["clip=0", "clip must be null (no clipping) or a number > 0"]),
+        ("foo=1", ["foo", "not in 'AppConfig'"]),
+        ("depth=abc", ["depth=abc", "'abc'"]),
+    ],
+)
+def test_bad_input_fails_before_any_run_with_a_clear_message(cli, tmp_path: Path, override: str, needles: list) -> None:
+    sweep = tmp_path / "sweep"
+    result = cli("-m", "act=sigmoid,tanh", override, f"hydra.sweep.dir={sweep}")
+    assert result.returncode != 0
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(sweep.glob("*/grad_stats.parquet"))
+
+
+def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(cli, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = cli("-m", "depth=5,0", f"hydra.sweep.dir={sweep}")
+    assert result.returncode != 0 and "depth=0 is invalid" in result.stderr
+    assert not list(sweep.glob("*/grad_stats.parquet"))
+
+
+def test_single_run_with_cuda_missing_fails_with_one_line(cli, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli("device=cuda", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "device=cuda was requested but CUDA is not available" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "grad_stats.parquet").exists()
+
+
+def test_help_and_cfg_job_behave_as_in_any_hydra_app(cli) -> None:
+    help_text = cli("--help").stdout
+    assert "gradsweep" in help_text and "act: sigmoid" in help_text and "depth: 5" in help_text
+    job = cli("--cfg", "job", "act=relu", "clip=1.0").stdout
+    assert "act: relu" in job and "clip: 1.0" in job and "hydra:" not in job
+
+
+@pytest.mark.slow
+def test_a_sweep_over_every_axis_at_once(cli, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = cli("-m", "act=sigmoid,relu", "depth=5,20", "init_scale=0.5,1,5", "batchnorm=false,true",
+                 "clip=null,1.0", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    files = list(sweep.glob("*/grad_stats.parquet"))
+    assert len(files) == 48
+    frame = pd.concat(pd.read_parquet(f) for f in files)
+    assert frame.groupby(["act", "depth", "init_scale", "batchnorm"])["clip"].apply(lambda c: c.isna().any()).all()
+    clipped = frame[frame["clip"].notna() & (frame["tensor"] != "preact")]
+    assert (clipped["grad_norm_clipped"] <= 1.0).all()
+    assert set(frame[frame["batchnorm"]]["tensor"]) >= {"bn_weight", "bn_bias"}
