@@ -21,7 +21,7 @@ from torch import nn
 
 from gradsweep.config import run_key, validate
 from gradsweep.model import build_mlp
-from gradsweep.probe import N_HIST_BINS, S, STAT_COLUMNS, GradientProbe, TensorSpec
+from gradsweep.probe import N_HIST_BINS, S, GradientProbe, TensorSpec
 
 BN_EPS = 1e-5
 TEACHER_WIDTH = 32
@@ -119,10 +119,11 @@ class GradientFlowRun:
         v = self.values
         self.device = resolve_device(v["device"])
         self.dtype = _DTYPES[v["dtype"]]
-        self.replicas = v["replicas"]
+        inits = self.replica_inits()
+        self.replicas = len(inits)
         arch = {k: v[k] for k in ("act", "depth", "width", "in_features", "out_features", "output_act",
                                   "init", "init_scale", "bias_init", "batchnorm")}
-        models = [build_mlp(**arch, seed=v["seed"] + r) for r in range(self.replicas)]
+        models = [build_mlp(**{**arch, "init_scale": scale}, seed=seed) for seed, scale in inits]
         self.layers = _stack_layers(models, self.device, self.dtype)
         self.params = [
             t for layer in self.layers for t in (layer.weight, layer.bias, layer.bn_weight, layer.bn_bias)
@@ -230,8 +231,11 @@ class GradientFlowRun:
             self.clip_([p.grad for p in self.params])
         self.optimizer.step()
 
-    def instrumented_step(self, step: int, with_hist: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Train one step; return its statistics row block and histograms after ONE device-to-host copy."""
+    def instrumented_step(self, step: int, with_hist: bool) -> np.ndarray:
+        """Train one step; return its packed statistics, loss and clip factor after ONE device-to-host copy.
+
+        Unpacking into rows is left to the end of the run (`_to_frame`), out of the step loop.
+        """
         x, targets = self.batch(step)
         out, preacts = self.forward(x)
         losses = self.losses(out, targets)
@@ -243,14 +247,10 @@ class GradientFlowRun:
         if self.values["clip"] is not None:
             tail.append(self.clip_(param_grads).to(torch.float64))
         host = torch.cat([packed, *tail]).cpu().numpy()
-        k = self.replicas
-        n_tail = k * len(tail)
-        stats, hist = self.probe.unpack(host[:-n_tail], with_hist)
-        self.probe.repair_nonfinite(stats, ordered)
-        coef = host[-k:] if self.values["clip"] is not None else np.ones(k)
+        self.probe.repair_nonfinite(host, ordered)
         if step < self.values["steps"]:
             self._update(param_grads)
-        return np.concatenate([stats.reshape(-1), host[-n_tail:][:k], coef]), hist
+        return host
 
     def replica_inits(self) -> list[tuple[int, float]]:
         """(seed, init_scale) of each stacked replica: seed + r at the configured scale."""
@@ -264,16 +264,15 @@ class GradientFlowRun:
         """
         v = self.values
         start = time.perf_counter()
-        records: list[tuple[int, np.ndarray, np.ndarray | None]] = []
-        logged = 0
+        records: list[tuple[int, bool, np.ndarray]] = []
         for step in range(v["steps"] + 1):
             if step % v["log_every"] == 0 or step == v["steps"]:
-                with_hist = logged % v["hist_every"] == 0
-                flat, hist = self.instrumented_step(step, with_hist)
-                records.append((step, flat, hist))
-                logged += 1
+                with_hist = len(records) % v["hist_every"] == 0
+                records.append((step, with_hist, self.instrumented_step(step, with_hist)))
             else:
                 self.bare_step(step)
+            if progress is not None:
+                progress(step + 1)
         stats = self._to_frame(records)
         status, diverged = _divergence(stats, self.replicas)
         stats["status"] = pd.Categorical([status[r] for r in stats["replica"]], categories=["ok", "diverged"])
@@ -281,14 +280,15 @@ class GradientFlowRun:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return RunResult(stats, status, diverged, name, time.perf_counter() - start)
 
-    def _to_frame(self, records: list[tuple[int, np.ndarray, np.ndarray | None]]) -> pd.DataFrame:
+    def _to_frame(self, records: list[tuple[int, bool, np.ndarray]]) -> pd.DataFrame:
         """Tidy rows: one per replica x logged step x tensor, with derived norms and moments."""
         k, n_t = self.replicas, len(self.specs)
-        n_stats = k * n_t * len(STAT_COLUMNS)
+        n_tail = 2 * k if self.values["clip"] is not None else k
+        unpacked = [self.probe.unpack(host[:-n_tail], with_hist) for _, with_hist, host in records]
         steps = np.array([r[0] for r in records])
-        raw = np.stack([r[1][:n_stats].reshape(k, n_t, -1) for r in records])  # (steps, K, T, S)
-        tails = np.stack([r[1][n_stats:] for r in records])  # (steps, 2K)
-        loss, coef = tails[:, :k], tails[:, k:]
+        raw = np.stack([stats for stats, _ in unpacked])  # (steps, K, T, S)
+        loss = np.stack([host[-n_tail:][:k] for _, _, host in records])  # (steps, K)
+        coef = np.stack([host[-k:] for _, _, host in records]) if n_tail == 2 * k else np.ones_like(loss)
         n_steps = len(records)
         numel = np.array([s.numel for s in self.specs], dtype=np.int64)
         is_param = np.array([s.is_param for s in self.specs])
@@ -334,14 +334,14 @@ class GradientFlowRun:
                 "total_grad_norm": np.broadcast_to(total[:, :, None], shape).reshape(-1),
             }
         )
-        frame["grad_hist"] = _hist_column(records, k, n_t)
+        frame["grad_hist"] = _hist_column([hist for _, hist in unpacked], k, n_t)
         return frame
 
 
-def _hist_column(records: list[tuple[int, np.ndarray, np.ndarray | None]], k: int, n_t: int) -> list:
+def _hist_column(hists: list[np.ndarray | None], k: int, n_t: int) -> list:
     """One list of N_HIST_BINS counts per row, None on logged steps without a histogram."""
     column: list = []
-    for _, _, hist in records:
+    for hist in hists:
         if hist is None:
             column.extend([None] * (k * n_t))
         else:

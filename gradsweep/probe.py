@@ -100,6 +100,7 @@ class GradientProbe:
             segment = torch.repeat_interleave(torch.arange(n_t, device=device), grad_lengths)
             rows = torch.arange(replicas, device=device)[:, None] * n_t
             self._hist_base = (rows + segment[None, :]) * N_HIST_BINS
+            self._flat = torch.empty(replicas, sum(sizes), dtype=torch.float64, device=device)
         self._replica_base = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS
 
     @torch.no_grad()
@@ -136,8 +137,10 @@ class GradientProbe:
         stats[:] = rows.reshape(stats.shape)
         return stats, hist.reshape(k, n_t, N_HIST_BINS).astype(np.int64) if with_hist else None
 
-    def repair_nonfinite(self, stats: np.ndarray, grads: list[torch.Tensor]) -> None:
+    def repair_nonfinite(self, packed: np.ndarray, grads: list[torch.Tensor]) -> None:
         """Recompute in float64, with exact NaN/Inf counts, every row whose sums are not finite.
+
+        Works in place on the host copy of `measure`'s output while `grads` are still alive.
 
         Only the per-tensor path needs it: its reductions run in the gradient's
         dtype (float32 overflows for |g| > ~1e19) and it counts no NaN/Inf on the
@@ -145,6 +148,8 @@ class GradientProbe:
         """
         if self.fused:
             return
+        k, n_t = self.replicas, len(self.specs)
+        stats = packed[: k * n_t * len(STAT_COLUMNS)].reshape(k, n_t, len(STAT_COLUMNS))
         bad = ~np.isfinite(stats[..., S["grad_sum"]]) | ~np.isfinite(stats[..., S["grad_sumsq"]])
         for r, t in zip(*np.nonzero(bad)):
             g = grads[t].reshape(self.replicas, -1)[r].to(torch.float64)
@@ -156,7 +161,7 @@ class GradientProbe:
 
     def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         k = self.replicas
-        flat = torch.cat([t.reshape(k, -1) for t in (*grads, *params)], dim=1).to(torch.float64)
+        flat = torch.cat([t.reshape(k, -1) for t in (*grads, *params)], dim=1, out=self._flat)
         sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1)
         centered = flat - torch.repeat_interleave(sums / self._lengths, self._lengths[0], dim=1)
         m2 = torch.segment_reduce(centered * centered, "sum", lengths=self._lengths, axis=1)

@@ -91,9 +91,9 @@ def _probe_rows(values: list[float], fused: bool, monkeypatch: pytest.MonkeyPatc
     g = torch.tensor([values])
     p = torch.ones(1, len(values))
     probe = GradientProbe([TensorSpec(0, "weight", len(values), True)], 1, torch.device("cpu"), torch.float32)
-    packed = probe.measure([g], [p], with_hist=True)
-    stats, hist = probe.unpack(packed.numpy(), with_hist=True)
-    probe.repair_nonfinite(stats, [g])
+    packed = probe.measure([g], [p], with_hist=True).numpy()
+    probe.repair_nonfinite(packed, [g])
+    stats, hist = probe.unpack(packed, with_hist=True)
     return stats[0, 0], hist[0, 0]
 
 
