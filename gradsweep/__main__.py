@@ -1,18 +1,25 @@
-"""`python -m gradsweep`: the Hydra app. Thin: compose, run, write, report one line."""
+"""`python -m gradsweep`: the Hydra app. Thin: compose, run, write, report one line per run."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradsweep.config import ConfigValueError, register_configs, run_dirname, run_key
-from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun
+from gradsweep.config import ConfigValueError, register_configs, run_key, run_values
+from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
+from gradsweep.groups import (
+    GROUP_ENV, POSITION_ENV, ReplicaGroupRun, decode_members, member_config, member_dir, member_overrides,
+)
+from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.store import is_complete, run_metadata, write_run
 
 log = logging.getLogger("gradsweep")
@@ -22,42 +29,113 @@ register_configs()
 FAILURE_FILE = "FAILED.txt"
 
 
-def _job_dir() -> Path:
-    return Path(HydraConfig.get().runtime.output_dir)
+@dataclass
+class PlannedRun:
+    """One configuration of a job: its config, run dir and task overrides."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str]
+
+    @property
+    def stats_path(self) -> Path:
+        return self.run_dir / self.cfg.stats_file
+
+
+def plan_runs(cfg: DictConfig, job_dir: Path, overrides: Sequence[str],
+              members: Sequence[Sequence[str]] = ()) -> list[PlannedRun]:
+    """The job's own run, then one run per other replica-group member (sibling run dirs)."""
+    runs = [PlannedRun(cfg, job_dir, list(overrides))]
+    for member in members:
+        member_cfg = member_config(cfg, member)
+        runs.append(PlannedRun(member_cfg, member_dir(job_dir, run_values(member_cfg)),
+                               member_overrides(overrides, member)))
+    return runs
+
+
+def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
+    """Clear what an interrupted or failed attempt left; give a group member its own .hydra record."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / FAILURE_FILE).unlink(missing_ok=True)
+    for stale in run.run_dir.glob(f".{run.stats_path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    if not own_job:
+        record = run.run_dir / ".hydra"
+        record.mkdir(exist_ok=True)
+        OmegaConf.save(run.cfg, record / "config.yaml")
+        OmegaConf.save(OmegaConf.create(run.overrides), record / "overrides.yaml")
+
+
+def _write(run: PlannedRun, result: RunResult) -> str:
+    run_cfg = OmegaConf.masked_copy(run.cfg, [k for k in run.cfg.keys() if k != "hydra"])
+    status = "diverged" if "diverged" in result.status else "ok"
+    write_run(result.stats, run.stats_path, run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True),
+                                                          result.device_name, status))
+    return ",".join(sorted(set(result.status)))
+
+
+def execute_runs(runs: list[PlannedRun], progress: Callable[[int], None] | None = None) -> list[tuple[str, float]]:
+    """Run a job's configurations (stacked when several) and write the incomplete ones; (status, seconds) each."""
+    pending = [i for i, run in enumerate(runs) if not is_complete(run.stats_path)]
+    if not pending:
+        return [("skipped (complete)", 0.0)] * len(runs)
+    for i in pending:
+        _prepare_dir(runs[i], own_job=i == 0)
+    if len(runs) == 1:
+        results = [GradientFlowRun(runs[0].cfg).run(progress)]
+    else:
+        results = ReplicaGroupRun([run.cfg for run in runs]).run_members(progress)
+    outcomes = []
+    for i, (run, result) in enumerate(zip(runs, results)):
+        status = _write(run, result) if i in pending else "skipped (complete)"
+        outcomes.append((status, result.seconds if i in pending else 0.0))
+    return outcomes
 
 
 def execute(cfg: DictConfig, job_dir: Path) -> str:
     """Run one configuration into `job_dir`; skip it if its stats file is already complete."""
-    out = job_dir / cfg.stats_file
-    if is_complete(out):
-        log.info("%s: complete, skipped", out)
-        return "skipped"
-    (job_dir / FAILURE_FILE).unlink(missing_ok=True)
-    runner = GradientFlowRun(cfg)
-    result = runner.run()
-    run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-    meta = run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name,
-                        "diverged" if "diverged" in result.status else "ok")
-    write_run(result.stats, out, meta)
-    status = ",".join(sorted(set(result.status)))
-    log.info("%s  %s  %.2fs  %s", run_dirname(cfg), run_key(cfg), result.seconds, status)
-    return status
+    return execute_runs(plan_runs(cfg, job_dir, []))[0][0]
+
+
+def failure_text(run: PlannedRun, error_traceback: str) -> str:
+    """What FAILED.txt holds: status, error, configuration and the full traceback."""
+    error = error_traceback.strip().splitlines()[-1]
+    return (
+        f"status: failed\nerror: {error}\nrun_key: {run_key(run.cfg)}\n"
+        f"overrides: {' '.join(run.overrides)}\n\n{error_traceback}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> str:
-    """Hydra task: one run. User errors end the run with one line; other failures are recorded and re-raised."""
-    job_dir = _job_dir()
+def main(cfg: DictConfig) -> list[str]:
+    """Hydra task: one run, or one replica group of a sweep. Failures are written to each run dir, then raised."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    env = hydra_cfg.job.env_set
+    index, total = parse_position(env.get(POSITION_ENV)) or (1, 1)
+    runs = plan_runs(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task),
+                     decode_members(env.get(GROUP_ENV)))
+    bar = None if multirun else ProgressBar(cfg.steps + 1, label=runs[0].run_dir.name)
     try:
-        return execute(cfg, job_dir)
-    except (ConfigValueError, DeviceUnavailableError) as err:
-        (job_dir / FAILURE_FILE).write_text(f"{type(err).__name__}: {err}\n")
-        print(f"gradsweep: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception:
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / FAILURE_FILE).write_text(traceback.format_exc())
+        outcomes = execute_runs(runs, bar)
+    except Exception as err:
+        tb = traceback.format_exc()
+        for run in runs:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / FAILURE_FILE).write_text(failure_text(run, tb))
+        if not multirun and isinstance(err, (ConfigValueError, DeviceUnavailableError)):
+            print(f"gradsweep: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        for offset, run in enumerate(runs):
+            log.error(run_line(index + offset, total, run.overrides, 0.0, f"failed ({type(err).__name__})"))
         raise
+    finally:
+        if bar is not None:
+            bar.close()
+    for offset, (run, (status, seconds)) in enumerate(zip(runs, outcomes)):
+        note = f" (replica group of {len(runs)})" if len(runs) > 1 and not status.startswith("skipped") else ""
+        log.info(run_line(index + offset, total, run.overrides, seconds, status + note))
+    return [status for status, _ in outcomes]
 
 
 if __name__ == "__main__":
