@@ -70,6 +70,15 @@ def _hist_boundaries(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+def _bin_counts(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Counts of each value in `index` (all < size), without the host sync of CUDA's bincount."""
+    if index.is_cuda:
+        return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(
+            0, index, torch.ones_like(index)
+        )
+    return torch.bincount(index, minlength=size)
+
+
 def _hist_index(values: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     """Bin index of every element: 0 zero, 1 underflow, regular log10 bins, overflow, nan, inf."""
     log = values.abs().log10().nan_to_num_(nan=_NAN_SENTINEL, posinf=math.inf, neginf=-math.inf)
@@ -163,12 +172,14 @@ class GradientProbe:
         k = self.replicas
         flat = torch.cat([t.reshape(k, -1) for t in (*grads, *params)], dim=1, out=self._flat)
         sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1)
-        centered = flat - torch.repeat_interleave(sums / self._lengths, self._lengths[0], dim=1)
+        lengths = self._lengths[0]
+        means = torch.repeat_interleave(sums / self._lengths, lengths, dim=1, output_size=flat.shape[1])
+        centered = flat - means
         m2 = torch.segment_reduce(centered * centered, "sum", lengths=self._lengths, axis=1)
         hi = torch.segment_reduce(flat, "max", lengths=self._lengths, axis=1)
         lo = torch.segment_reduce(flat, "min", lengths=self._lengths, axis=1)
         index = _hist_index(flat[:, : self._n_grad], self._boundaries).add_(self._hist_base)
-        hist = torch.bincount(index.view(-1), minlength=k * len(self.specs) * N_HIST_BINS)
+        hist = _bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS)
         return torch.cat([sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), hist.to(torch.float64)])
 
     def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
@@ -196,7 +207,7 @@ class GradientProbe:
             ))
             if with_hist:
                 index = _hist_index(g2, self._boundaries).add_(self._replica_base)
-                hists.append(torch.bincount(index.view(-1), minlength=k * N_HIST_BINS))
+                hists.append(_bin_counts(index.view(-1), k * N_HIST_BINS))
         parts = [torch.stack(rows, 1).view(-1).to(torch.float64)]
         if with_hist:
             by_replica = torch.stack(hists).view(len(self.specs), k, N_HIST_BINS).transpose(0, 1)
