@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from gradsweep.config import BiasInit, Init
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
@@ -23,18 +25,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
 }
 
-INIT_SCHEMES: tuple[str, ...] = (
-    "default",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-    "orthogonal",
-    "normal",
-    "fan_in",
-)
-
-BIAS_INITS: tuple[str, ...] = ("default", "zeros")
+INIT_SCHEMES: tuple[str, ...] = tuple(member.value for member in Init)
+BIAS_INITS: tuple[str, ...] = tuple(member.value for member in BiasInit)
 
 
 def _choice_error(key: str, value: str, choices: tuple[str, ...] | list[str]) -> ValueError:
