@@ -1,23 +1,40 @@
-"""The per-run parquet file: schema version, key-value metadata, atomic write, completeness.
+"""The per-run parquet file: schema version, key-value metadata, atomic write, completeness, sweep reader.
 
 A run file is written under a temporary name in the same directory and renamed
 into place only once complete, so a file under the final name is always whole.
+`RunSet` reads any number of run files as one pyarrow dataset, so every
+consumer reads only the columns and rows it needs; files it cannot use are
+listed as problems by path, never dropped silently.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
+
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import yaml
 
+from gradsweep.config import run_key
 from gradsweep.probe import HIST_BIN_LABELS
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 SCHEMA_VERSION = 1
 STATS_FILE = "grad_stats.parquet"
+FAILURE_FILE = "FAILED.txt"
 META_PREFIX = "gradsweep."
+CONFIG_COLUMNS: tuple[str, ...] = (
+    "act", "depth", "width", "init", "init_scale", "bias_init", "batchnorm", "output_act", "device",
+    "dtype", "optimizer", "lr", "batch_size", "data_seed", "steps", "loss_name", "clip",
+)
 
 
 class SchemaVersionError(ValueError):
@@ -101,3 +118,137 @@ def read_run(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame
     check_schema(path)
     return pq.read_table(path, columns=columns).to_pandas()
 
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A run the reader could not use: `kind` is refused (schema version), unreadable or failed."""
+
+    path: str
+    kind: str
+    message: str
+
+
+def _failure_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError as err:
+        return f"FAILED.txt unreadable: {err}"
+    return lines[0] if lines else "(empty FAILED.txt)"
+
+
+def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    """Run files under sweep dirs, run dirs or given directly; runs that left FAILED.txt are problems.
+
+    A FAILED.txt means the latest attempt of that run raised, so a run file next
+    to it is stale and is not read.
+    """
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for root in map(Path, paths):
+        if root.is_file():
+            files.append(root)
+            continue
+        if not root.is_dir():
+            problems.append(Problem(str(root), "unreadable", "no such file or directory"))
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            if FAILURE_FILE in filenames:
+                stale = " (stale grad_stats.parquet ignored)" if STATS_FILE in filenames else ""
+                problems.append(Problem(str(here), "failed", _failure_line(here / FAILURE_FILE) + stale))
+            elif STATS_FILE in filenames:
+                files.append(here / STATS_FILE)
+    return files, problems
+
+
+_DICTIONARY_COLUMNS = ["run_key", "act", "init", "bias_init", "device", "dtype", "optimizer", "loss_name", "tensor"]
+_FORMAT = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=_DICTIONARY_COLUMNS))
+SCAN_CHUNK_FILES = 1000
+
+
+def _inspect(path: Path) -> tuple[dict[str, object] | None, Problem | None]:
+    """One run file's footer: its configuration columns, or why the file cannot be used."""
+    try:
+        meta = check_schema(path)
+        values = yaml.load(meta["config"], Loader=_YAML_LOADER)
+    except SchemaVersionError as err:
+        return None, Problem(str(path), "refused", str(err))
+    except (OSError, KeyError, ValueError, yaml.YAMLError, pa.ArrowException) as err:
+        return None, Problem(str(path), "unreadable", f"{type(err).__name__}: {err}")
+    config = {c: values.get(c) for c in CONFIG_COLUMNS if c != "loss_name"}
+    config["loss_name"] = values.get("loss")
+    return {"path": str(path), "run_key": run_key(values), **config, "seed": values.get("seed")}, None
+
+
+class RunSet:
+    """The usable run files of some sweep dirs, run dirs or files, scanned with pyarrow.dataset.
+
+    Footers are read once (schema version and configuration, one row per file
+    in `runs`); scans then decode only the columns and rows asked for, a chunk
+    of files at a time so that parquet metadata never piles up in memory.
+    """
+
+    def __init__(self, paths: Iterable[str | Path], threads: int = 8) -> None:
+        files, self.problems = find_run_files(paths)
+        with ThreadPoolExecutor(threads) as pool:
+            inspected = list(pool.map(_inspect, files))
+        self.problems += [p for _, p in inspected if p is not None]
+        runs = pd.DataFrame([r for r, _ in inspected if r is not None], columns=["path", "run_key", *CONFIG_COLUMNS, "seed"])
+        repeated = runs.duplicated("run_key")
+        first = runs.drop_duplicates("run_key").set_index("run_key")["path"]
+        self.problems += [
+            Problem(path, "duplicate", f"same configuration (run_key {key}) already read from {first[key]}")
+            for path, key in zip(runs.loc[repeated, "path"], runs.loc[repeated, "run_key"])
+        ]
+        self.runs = runs[~repeated].reset_index(drop=True)
+        self.schema = pq.read_schema(self.runs["path"].iloc[0]).remove_metadata() if len(self.runs) else None
+
+    @property
+    def files(self) -> list[str]:
+        """Paths of the run files that are read."""
+        return self.runs["path"].tolist()
+
+    def _scan(self, files: list[str], columns: list[str] | None, filter: ds.Expression | None) -> pa.Table:
+        dataset = ds.dataset(files, schema=self.schema, format=_FORMAT)
+        return dataset.to_table(columns=columns, filter=filter)
+
+    def _scan_each(self, files: list[str], columns: list[str] | None, filter: ds.Expression | None) -> list[pa.Table]:
+        """File by file, so that a file failing mid-scan (a corrupt page behind a valid footer) is found and dropped."""
+        parts = []
+        for path in files:
+            try:
+                parts.append(self._scan([path], columns, filter))
+            except (OSError, pa.ArrowException) as err:
+                self.problems.append(Problem(path, "unreadable", f"{type(err).__name__}: {err}"))
+                self.runs = self.runs[self.runs["path"] != path]
+        return parts
+
+    def chunks(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> Iterator[pa.Table]:
+        """`columns` and rows matching `filter`, a chunk of files at a time (string columns dictionary-encoded)."""
+        if self.schema is None:
+            raise ValueError("no readable run files")
+        files = self.files
+        for start in range(0, len(files), SCAN_CHUNK_FILES):
+            chunk = files[start:start + SCAN_CHUNK_FILES]
+            try:
+                yield self._scan(chunk, columns, filter)
+            except (OSError, pa.ArrowException):
+                yield from self._scan_each(chunk, columns, filter)
+
+    def table(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pa.Table:
+        """Only `columns` and the rows matching `filter`, from every usable file."""
+        return pa.concat_tables(list(self.chunks(columns, filter)), promote_options="permissive").unify_dictionaries()
+
+    def frame(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pd.DataFrame:
+        """`table(columns, filter)` as a DataFrame."""
+        return self.table(columns, filter).to_pandas()
+
+
+def read_sweep(
+    paths: Iterable[str | Path], columns: list[str] | None = None, filter: ds.Expression | None = None
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """Rows of every usable run file under `paths` (only `columns`, rows matching `filter`) and the problems."""
+    runs = RunSet(paths)
+    return runs.frame(columns, filter), runs.problems

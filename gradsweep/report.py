@@ -1,0 +1,176 @@
+"""`python -m gradsweep.report PATH... [-o OUT]`: one comparison report from any sweep and run dirs.
+
+Writes into OUT: sweep.parquet (every run's rows, without per-row histograms,
+string columns dictionary-encoded), summary.csv and summary.md (one row per run
+and replica), one PNG per figure, and index.html with the figures embedded, so
+it opens in a browser without a server. Files it cannot use are listed, never
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pyarrow.parquet as pq
+
+from gradsweep import figures
+from gradsweep.store import Problem, RunSet
+from gradsweep.summary import SUMMARY_COLUMNS, scan, summarize
+
+CAPTIONS = {
+    "layer_profile": "(a) Gradient L2 norm per layer at initialisation (step 0). Solid: weight gradient; dashed: dL/dz at the layer's output, the quantity signal-propagation theory predicts.",
+    "ratio_heatmap": "(b) Vanishing/exploding ratio: layer-0 (input side) norm over layer depth-1 (output side) norm, median over seeds and all other axes.",
+    "clipping": "(c) Total gradient norm before and after clipping, and the loss, over training steps.",
+    "batchnorm": "(d) BatchNorm against none: weight-gradient norm per layer at step 0.",
+    "histograms": "(e) Distribution of log10|g| of all weight-gradient elements at step 0, summed over runs from the fixed bins.",
+    "over_steps": "(f) Weight-gradient norm of each layer over training.",
+    "devices": "(g) CPU against CUDA: the same configuration and seed measured on both devices.",
+}
+SKIPPED = {
+    "ratio_heatmap": "fewer than two axes swept",
+    "clipping": "clipping is off in every run",
+    "batchnorm": "BatchNorm not swept",
+    "over_steps": "no training steps logged",
+    "devices": "not both CPU and CUDA runs present",
+}
+BAND_NOTE = "Lines are medians over seeds and replicas (and over axes not shown), bands span min to max."
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote: output paths, the summary table, figure files and the problems found."""
+
+    out_dir: Path
+    summary: pd.DataFrame
+    figures: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown table (floats in 4 significant digits)."""
+    def cell(v: object) -> str:
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            return ""
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _figure_plan(init: pd.DataFrame, totals: pd.DataFrame, summary: pd.DataFrame, runs: RunSet,
+                 swept: list[str]) -> dict[str, Callable[[], plt.Figure | None]]:
+    return {
+        "layer_profile": lambda: figures.layer_profile(init, swept),
+        "ratio_heatmap": lambda: figures.ratio_heatmap(summary, swept),
+        "clipping": lambda: figures.clipping(totals),
+        "batchnorm": lambda: figures.batchnorm(init, swept),
+        "histograms": lambda: figures.histograms(figures.histogram_counts(runs)),
+        "over_steps": lambda: figures.over_steps(figures.layer_steps(runs), swept) if totals["step"].nunique() > 1 else None,
+        "devices": lambda: figures.devices(init),
+    }
+
+
+def write_sweep_parquet(runs: RunSet, path: Path) -> Path:
+    """Every usable run's rows, without the per-row histograms, in one dictionary-encoded zstd file."""
+    columns = [c for c in runs.schema.names if c != "grad_hist"]
+    pq.write_table(runs.table(columns=columns), path, compression="zstd")
+    return path
+
+
+def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
+    """Read the runs under `paths` and write the sweep parquet, summary tables, figures and index.html."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = RunSet(paths)
+    if runs.schema is None:
+        raise ValueError("no readable run files under: " + ", ".join(map(str, paths)) + _problem_text(runs.problems))
+    totals, init = scan(runs)
+    swept = figures.swept_axes(runs.runs)
+    summary = summarize(totals, init).sort_values([*swept, "run_key", "replica"], ignore_index=True)
+    report = Report(out, summary)
+    write_sweep_parquet(runs, out / "sweep.parquet")
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown_table(summary))
+    for name, make in _figure_plan(init, totals, summary, runs, swept).items():
+        fig = make()
+        if fig is None:
+            report.skipped[name] = SKIPPED[name]
+            continue
+        report.figures[name] = out / f"{name}.png"
+        fig.savefig(report.figures[name], dpi=110)
+        plt.close(fig)
+    report.problems = runs.problems
+    (out / "index.html").write_text(render_html(report, swept, len(runs.files)))
+    return report
+
+
+def _problem_text(problems: list[Problem]) -> str:
+    return "".join(f"\n  {p.kind}: {p.path}: {p.message}" for p in problems)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
+
+
+def render_html(report: Report, swept: list[str], n_files: int) -> str:
+    """The self-contained HTML report: problems, figures (base64 PNG), summary and metric definitions."""
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>gradsweep report</title><style>",
+        "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
+        ".problems td{color:#a00}",
+        "</style></head><body><h1>gradsweep report</h1>",
+        f"<p>{n_files} run files, {len(report.summary)} runs x replicas. Swept axes: "
+        f"{esc(', '.join(swept) or 'none')}.</p>",
+    ]
+    if report.problems:
+        rows = "".join(f"<tr><td>{esc(p.kind)}</td><td>{esc(p.path)}</td><td>{esc(p.message)}</td></tr>"
+                       for p in report.problems)
+        parts.append(f"<h2>Runs not read ({len(report.problems)})</h2><table class='problems'>"
+                     f"<tr><th>kind</th><th>path</th><th>why</th></tr>{rows}</table>")
+    parts.append(f"<h2>Figures</h2><p>{BAND_NOTE}</p>")
+    for name, path in report.figures.items():
+        parts.append(f"<figure>{_img(path)}<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>")
+    if report.skipped:
+        items = "".join(f"<li>{esc(CAPTIONS[n])} Not drawn: {esc(why)}.</li>" for n, why in report.skipped.items())
+        parts.append(f"<ul>{items}</ul>")
+    shown = report.summary.head(200)
+    parts.append(f"<h2>Summary</h2><p>{len(shown)} of {len(report.summary)} rows; all in summary.csv.</p>")
+    parts.append(shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+    defs = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in SUMMARY_COLUMNS.items())
+    parts.append(f"<h2>Columns</h2><table>{defs}</table></body></html>")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: build the report, print where it is and every file not read."""
+    parser = argparse.ArgumentParser(prog="gradsweep-report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="sweep dirs, run dirs or run files")
+    parser.add_argument("-o", "--out", help="output dir (default: <first path>/report)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    try:
+        report = build_report(args.paths, out)
+    except ValueError as err:
+        print(f"gradsweep-report: error: {err}", file=sys.stderr)
+        return 2
+    for p in report.problems:
+        print(f"gradsweep-report: {p.kind}: {p.path}: {p.message}", file=sys.stderr)
+    print(f"{out / 'index.html'}: {len(report.summary)} runs x replicas, {len(report.figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
