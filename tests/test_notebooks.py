@@ -1,0 +1,50 @@
+"""The analysis notebooks, executed headless against a real smoke sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+from nbclient import NotebookClient
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+SMOKE = ["act=sigmoid,tanh", "batchnorm=false,true", "clip=null,1.0", "steps=2"]
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real multirun holding the exercise's sigmoid, tanh and BatchNorm networks at depth 5, seed 42."""
+    out = tmp_path_factory.mktemp("nb_sweep")
+    subprocess.run([sys.executable, "-m", "gradsweep", "-m", *SMOKE, f"hydra.sweep.dir={out}"],
+                   check=True, capture_output=True)
+    return out
+
+
+def execute(name: str, sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run analysis/<name>.py as a notebook; return all its text output."""
+    monkeypatch.setenv("GRADSWEEP_SWEEP_DIR", str(sweep_dir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = jupytext.read(ANALYSIS / f"{name}.py")
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": os.getcwd()}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    return "".join(o.get("text", "") for o in outputs), outputs
+
+
+def test_exercise_notebook_agrees_with_run_files(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, _ = execute("gradient_flow_exercise", sweep_dir, monkeypatch)
+    assert text.count("agrees with the run file") == 6
+    for config in ("{'act': 'sigmoid', 'batchnorm': False, 'clip': None}", "{'act': 'tanh', 'batchnorm': False, 'clip': None}",
+                   "{'act': 'sigmoid', 'batchnorm': True, 'clip': None}"):
+        assert f"{config}: compared with {sweep_dir}/" in text
+    assert "last / first (input side / output side) = 5.10" in text
+
+
+def test_sweep_explorer_draws_the_report_figures(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, outputs = execute("sweep_explorer", sweep_dir, monkeypatch)
+    assert "8 run files; swept axes: ['act', 'batchnorm', 'clip']" in text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 6  # all but the CPU vs CUDA figure
