@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 sweep: $(STAMP)
 	$(BIN)/python -m gradsweep -m act=sigmoid,tanh,relu depth=5,10,20 hydra.sweep.dir=$(SWEEP_DIR)
+	$(BIN)/python -m gradsweep.report $(SWEEP_DIR) -o $(SWEEP_DIR)/report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,6 +31,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/instrumentation_overhead.py
+	$(BIN)/python benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/sweeps
