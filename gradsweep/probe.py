@@ -34,7 +34,6 @@ HIST_BIN_LABELS: tuple[str, ...] = (
 )
 N_HIST_BINS = len(HIST_BIN_LABELS)
 HIST_ZERO, HIST_UNDERFLOW, HIST_OVERFLOW, HIST_NAN, HIST_INF = 0, 1, N_HIST_BINS - 3, N_HIST_BINS - 2, N_HIST_BINS - 1
-_NAN_SENTINEL = 1e30  # stands in for log10|NaN|; larger than any finite log10|g|
 
 STAT_COLUMNS: tuple[str, ...] = (
     "grad_sum",
@@ -64,12 +63,6 @@ class TensorSpec:
     is_param: bool
 
 
-def _hist_boundaries(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    lowest = torch.finfo(dtype).min
-    values = [lowest, *HIST_REGULAR_EDGES.tolist(), _NAN_SENTINEL, math.inf]
-    return torch.tensor(values, dtype=dtype, device=device)
-
-
 def _bin_counts(index: torch.Tensor, size: int) -> torch.Tensor:
     """Counts of each value in `index` (all < size), without the host sync of CUDA's bincount."""
     if index.is_cuda:
@@ -79,18 +72,35 @@ def _bin_counts(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.bincount(index, minlength=size)
 
 
-def _hist_index(values: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
-    """Bin index of every element: 0 zero, 1 underflow, regular log10 bins, overflow, nan, inf."""
-    log = values.abs().log10().nan_to_num_(nan=_NAN_SENTINEL, posinf=math.inf, neginf=-math.inf)
-    return torch.bucketize(log, boundaries, right=True)
+def _hist_index(values: torch.Tensor) -> torch.Tensor:
+    """Bin of every element by arithmetic on log10|g| (no search): underflow..overflow.
+
+    Zeros and NaNs land in `underflow` and +-Inf in `overflow`; `_fix_special_bins`
+    moves them to their own bins on the host from the exact counts.
+    """
+    log = values.abs().log10_().nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    regular = len(HIST_REGULAR_EDGES) - 1
+    log.sub_(HIST_LOG10_MIN).mul_(1.0 / HIST_LOG10_STEP).floor_().clamp_(-1, regular)
+    return log.to(torch.int64)
+
+
+def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n_inf: np.ndarray) -> None:
+    """Move zeros, NaNs and Infs out of the underflow/overflow bins into their own, in place."""
+    hist[..., HIST_UNDERFLOW] -= (n_zero + n_nan).astype(np.int64)
+    hist[..., HIST_OVERFLOW] -= n_inf.astype(np.int64)
+    hist[..., HIST_ZERO] = n_zero
+    hist[..., HIST_NAN] = n_nan
+    hist[..., HIST_INF] = n_inf
 
 
 class GradientProbe:
     """Reduces a fixed list of tensors to one packed float64 device tensor per logged step.
 
     `measure` does the device work and returns the packed tensor; the caller
-    copies it to the host once and `unpack` turns it into (K, T, stats) and
-    (K, T, bins) arrays with numpy, where per-element cost is lowest.
+    copies it to the host once, calls `repair_nonfinite` while the gradients
+    are alive, and `unpack` later turns it into (K, T, stats) and (K, T, bins)
+    arrays with numpy. NaN and Inf counts come from `repair_nonfinite`: a
+    tensor whose sum is finite holds neither, so the fast path never counts them.
     """
 
     def __init__(self, specs: list[TensorSpec], replicas: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -100,113 +110,121 @@ class GradientProbe:
         self.param_index = [i for i, s in enumerate(specs) if s.is_param]
         self._n_grad = sum(s.numel for s in specs)
         self.fused = replicas * self._n_grad <= FUSED_MAX_ELEMENTS
-        self._boundaries = _hist_boundaries(torch.float64 if self.fused else dtype, device)
         n_t = len(specs)
+        self._hist_offset = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS + HIST_UNDERFLOW + 1
         if self.fused:
             sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
-            self._lengths = torch.tensor(sizes, device=device).expand(replicas, len(sizes)).contiguous()
-            grad_lengths = torch.tensor([s.numel for s in specs], device=device)
-            segment = torch.repeat_interleave(torch.arange(n_t, device=device), grad_lengths)
+            lengths = torch.tensor(sizes, device=device)
+            self._lengths = lengths.expand(replicas, len(sizes)).contiguous()
+            self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
             rows = torch.arange(replicas, device=device)[:, None] * n_t
-            self._hist_base = (rows + segment[None, :]) * N_HIST_BINS
+            self._hist_base = (rows + self._segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW + 1
             self._flat = torch.empty(replicas, sum(sizes), dtype=torch.float64, device=device)
-        self._replica_base = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS
 
     @torch.no_grad()
     def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
         """Packed statistics of `grads` (in `specs` order) and of `params` (the specs marked is_param).
 
-        The leading dim of every tensor is the replica. In the fused path the
-        histogram is always computed, since the zero/NaN/Inf counts come from it.
+        The leading dim of every tensor is the replica.
         """
         if self.fused:
-            return self._measure_fused(grads, params)
+            return self._measure_fused(grads, params, with_hist)
         return self._measure_per_tensor(grads, params, with_hist)
+
+    def _stats_block(self, packed: np.ndarray) -> np.ndarray:
+        """The (K, T, stats) view of a per-tensor packed vector, or of the fused path's unpacked rows."""
+        k, n_t = self.replicas, len(self.specs)
+        return packed[: k * n_t * len(STAT_COLUMNS)].reshape(k, n_t, len(STAT_COLUMNS))
 
     def unpack(self, packed: np.ndarray, with_hist: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Host arrays: statistics (K, T, len(STAT_COLUMNS)) and histograms (K, T, N_HIST_BINS) or None."""
-        k, n_t, n_p = self.replicas, len(self.specs), len(self.param_index)
-        stats = np.full((k, n_t, len(STAT_COLUMNS)), np.nan)
+        k, n_t = self.replicas, len(self.specs)
+        n_stats = k * n_t * len(STAT_COLUMNS)
+        stats = self._stats_block(packed).copy()
+        rest = packed[n_stats:]
         if self.fused:
-            n_seg = n_t + n_p
-            sums, m2, hi, lo, hist = np.split(packed, np.cumsum([k * n_seg] * 4))
-            sums, m2, hi, lo = (a.reshape(k, n_seg) for a in (sums, m2, hi, lo))
+            n_seg = n_t + len(self.param_index)
+            sums, m2, hi, lo, zeros = (a.reshape(k, n_seg) for a in np.split(rest[: 5 * k * n_seg], 5))
             numel = np.array([s.numel for s in self.specs] + [self.specs[i].numel for i in self.param_index])
-            sumsq = m2 + sums**2 / numel
-            hist = hist.reshape(k, n_t, N_HIST_BINS).astype(np.int64)
-            for name, values in (("sum", sums), ("sumsq", sumsq), ("m2", m2)):
+            for name, values in (("sum", sums), ("sumsq", m2 + sums**2 / numel), ("m2", m2)):
                 stats[..., S[f"grad_{name}"]] = values[:, :n_t]
                 stats[:, self.param_index, S[f"param_{name}"]] = values[:, n_t:]
             stats[..., S["grad_max"]], stats[..., S["grad_min"]] = hi[:, :n_t], lo[:, :n_t]
-            stats[..., S["grad_n_zero"]] = hist[..., HIST_ZERO]
-            stats[..., S["grad_n_nan"]] = hist[..., HIST_NAN]
-            stats[..., S["grad_n_inf"]] = hist[..., HIST_INF]
-            return stats, hist if with_hist else None
-        rows, hist = np.split(packed, [k * n_t * len(STAT_COLUMNS)])
-        stats[:] = rows.reshape(stats.shape)
-        return stats, hist.reshape(k, n_t, N_HIST_BINS).astype(np.int64) if with_hist else None
+            stats[..., S["grad_n_zero"]] = zeros[:, :n_t]
+            rest = rest[5 * k * n_seg:]
+        if not with_hist:
+            return stats, None
+        hist = rest.reshape(k, n_t, N_HIST_BINS).astype(np.int64)
+        _fix_special_bins(hist, *(stats[..., S[f"grad_n_{c}"]] for c in ("zero", "nan", "inf")))
+        return stats, hist
 
     def repair_nonfinite(self, packed: np.ndarray, grads: list[torch.Tensor]) -> None:
-        """Recompute in float64, with exact NaN/Inf counts, every row whose sums are not finite.
+        """Exact float64 sums and NaN/Inf counts, in place, for every tensor whose sum is not finite.
 
-        Works in place on the host copy of `measure`'s output while `grads` are still alive.
-
-        Only the per-tensor path needs it: its reductions run in the gradient's
-        dtype (float32 overflows for |g| > ~1e19) and it counts no NaN/Inf on the
-        fast path. Rows with finite sums hold no NaN or Inf, so they are exact.
+        Runs on the host copy of `measure`'s output while `grads` are still alive.
+        Reductions in float32 also overflow for |g| > ~1e19, and those rows are
+        recomputed here too; rows with finite sums hold no NaN or Inf.
         """
-        if self.fused:
-            return
         k, n_t = self.replicas, len(self.specs)
-        stats = packed[: k * n_t * len(STAT_COLUMNS)].reshape(k, n_t, len(STAT_COLUMNS))
-        bad = ~np.isfinite(stats[..., S["grad_sum"]]) | ~np.isfinite(stats[..., S["grad_sumsq"]])
+        if self.fused:
+            n_seg = n_t + len(self.param_index)
+            base = k * n_t * len(STAT_COLUMNS)
+            sums = packed[base: base + k * n_seg].reshape(k, n_seg)[:, :n_t]
+            bad = ~np.isfinite(sums)
+        else:
+            stats = self._stats_block(packed)
+            bad = ~np.isfinite(stats[..., S["grad_sum"]]) | ~np.isfinite(stats[..., S["grad_sumsq"]])
         for r, t in zip(*np.nonzero(bad)):
-            g = grads[t].reshape(self.replicas, -1)[r].to(torch.float64)
-            stats[r, t, S["grad_sum"]] = g.sum().item()
-            stats[r, t, S["grad_sumsq"]] = (g * g).sum().item()
-            stats[r, t, S["grad_m2"]] = ((g - g.mean()) ** 2).sum().item()
-            stats[r, t, S["grad_n_nan"]] = torch.isnan(g).sum().item()
-            stats[r, t, S["grad_n_inf"]] = torch.isinf(g).sum().item()
+            g = grads[t].reshape(k, -1)[r].to(torch.float64)
+            row = self._stats_block(packed)[r, t]
+            row[S["grad_n_nan"]] = torch.isnan(g).sum().item()
+            row[S["grad_n_inf"]] = torch.isinf(g).sum().item()
+            if not self.fused:
+                row[S["grad_sum"]] = g.sum().item()
+                row[S["grad_sumsq"]] = (g * g).sum().item()
+                row[S["grad_m2"]] = ((g - g.mean()) ** 2).sum().item()
 
-    def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+    def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
+        """All tensors in one float64 buffer, reduced by segment: a fixed, small number of ops."""
         k = self.replicas
         flat = torch.cat([t.reshape(k, -1) for t in (*grads, *params)], dim=1, out=self._flat)
         sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1)
-        lengths = self._lengths[0]
-        means = torch.repeat_interleave(sums / self._lengths, lengths, dim=1, output_size=flat.shape[1])
-        centered = flat - means
-        m2 = torch.segment_reduce(centered * centered, "sum", lengths=self._lengths, axis=1)
+        centered = flat - (sums / self._lengths).index_select(1, self._segment)
+        m2 = torch.segment_reduce(centered.mul_(centered), "sum", lengths=self._lengths, axis=1)
         hi = torch.segment_reduce(flat, "max", lengths=self._lengths, axis=1)
         lo = torch.segment_reduce(flat, "min", lengths=self._lengths, axis=1)
-        index = _hist_index(flat[:, : self._n_grad], self._boundaries).add_(self._hist_base)
-        hist = _bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS)
-        return torch.cat([sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), hist.to(torch.float64)])
+        zeros = torch.segment_reduce((flat == 0).to(torch.float64), "sum", lengths=self._lengths, axis=1)
+        no_rows = torch.zeros(k * len(self.specs) * len(STAT_COLUMNS), dtype=torch.float64, device=self.device)
+        parts = [no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), zeros.view(-1)]
+        if with_hist:
+            index = _hist_index(flat[:, : self._n_grad]).add_(self._hist_base)
+            parts.append(_bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64))
+        return torch.cat(parts)
 
     def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
+        """Per-tensor reductions that write no full-size temporaries: bandwidth-bound tensors."""
         k = self.replicas
         rows = []
         hists = []
         param_iter = iter(params)
         for spec, g in zip(self.specs, grads):
             g2 = g.reshape(k, -1)
+            n = g2.shape[1]
             lo, hi = torch.aminmax(g2, dim=1)
-            norm = torch.linalg.vector_norm(g2, dim=1)
-            zeros = g2.shape[1] - torch.count_nonzero(g2, dim=1)
-            gsum, gsq = g2.sum(1), norm.square()
+            gsum, gsq = g2.sum(1), torch.linalg.vector_norm(g2, dim=1).square()
+            zeros = n - torch.count_nonzero(g2, dim=1)
             if spec.is_param:
                 p2 = next(param_iter).reshape(k, -1)
-                psum = p2.sum(1)
-                psq = torch.linalg.vector_norm(p2, dim=1).square()
+                psum, psq = p2.sum(1), torch.linalg.vector_norm(p2, dim=1).square()
             else:
                 psum = psq = torch.full((k,), math.nan, dtype=g.dtype, device=g.device)
-            no_count = torch.zeros_like(norm)
-            n = g2.shape[1]
+            no_count = torch.zeros_like(gsum)
             rows.append(torch.stack(
                 [gsum, gsq, gsq - gsum * gsum / n, lo, hi, zeros.to(g.dtype), no_count, no_count,
                  psum, psq, psq - psum * psum / n], -1,
             ))
             if with_hist:
-                index = _hist_index(g2, self._boundaries).add_(self._replica_base)
+                index = _hist_index(g2).add_(self._hist_offset)
                 hists.append(_bin_counts(index.view(-1), k * N_HIST_BINS))
         parts = [torch.stack(rows, 1).view(-1).to(torch.float64)]
         if with_hist:
