@@ -54,7 +54,19 @@ def layer_profile(init: pd.DataFrame, swept: list[str]) -> plt.Figure:
     )
     grid.set(yscale="log")
     grid.set_axis_labels("Linear layer (0 = input side)", "gradient L2 norm at step 0")
+    _note_all_zero(grid.figure, init, swept)
     return grid.figure
+
+
+def _note_all_zero(fig: plt.Figure, init: pd.DataFrame, swept: list[str]) -> None:
+    """Name the configurations a log axis cannot show: every gradient exactly zero (e.g. a dead output ReLU)."""
+    keys = [a for a in swept if a in init] or ["run_key"]
+    dead = init.groupby(keys)["grad_norm"].max().loc[lambda m: m == 0]
+    if dead.empty:
+        return
+    names = ", ".join(" ".join(f"{k}={v}" for k, v in zip(keys, np.atleast_1d(idx))) for idx in dead.index)
+    fig.text(0.01, -0.02, f"not drawn, every gradient exactly 0 at step 0: {names}", ha="left", va="top",
+             fontsize=9, color="dimgray", wrap=True)
 
 
 def ratio_heatmap(summary: pd.DataFrame, swept: list[str]) -> plt.Figure | None:
@@ -69,6 +81,9 @@ def ratio_heatmap(summary: pd.DataFrame, swept: list[str]) -> plt.Figure | None:
         logs = np.log10(grid.where(grid > 0))
         sns.heatmap(logs, ax=ax, annot=grid.map(lambda v: f"{v:.1e}"), fmt="", cmap="vlag", center=0,
                     cbar_kws={"label": "log10(ratio)"})
+        for (i, j) in zip(*np.nonzero(~np.isfinite(logs.to_numpy()))):
+            text = "all zero" if grid.iat[i, j] != grid.iat[i, j] else "n/a"
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=9, color="dimgray")
         ax.set_title(f"{column.replace('_', ' ')}: layer 0 / layer depth-1 at step 0\n(<1 vanishing, >1 exploding)")
     return fig
 

@@ -107,7 +107,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
             report.skipped[name] = SKIPPED[name]
             continue
         report.figures[name] = out / f"{name}.png"
-        fig.savefig(report.figures[name], dpi=110)
+        fig.savefig(report.figures[name], dpi=110, bbox_inches="tight")
         plt.close(fig)
     report.problems = runs.problems
     (out / "index.html").write_text(render_html(report, swept, len(runs.files)))
