@@ -21,6 +21,7 @@ from torch import nn
 
 from gradsweep.config import run_key, validate
 from gradsweep.model import build_mlp
+from gradsweep.predictions import attach_predictions
 from gradsweep.probe import N_HIST_BINS, S, GradientProbe, TensorSpec
 
 BN_EPS = 1e-5
@@ -274,6 +275,7 @@ class GradientFlowRun:
             if progress is not None:
                 progress(step + 1)
         stats = self._to_frame(records)
+        stats = attach_predictions(stats, v, [scale for _, scale in self.replica_inits()])
         status, diverged = _divergence(stats, self.replicas)
         stats["status"] = pd.Categorical([status[r] for r in stats["replica"]], categories=["ok", "diverged"])
         stats["diverged_step"] = pd.array([diverged[r] for r in stats["replica"]], dtype="Int64")
