@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gradsweep import figures
+from gradsweep import figures, theory_figures
 from gradsweep.store import Problem, RunSet
 from gradsweep.summary import SUMMARY_COLUMNS, scan, summarize
 
@@ -33,6 +33,7 @@ CAPTIONS = {
     "histograms": "(e) Distribution of log10|g| of all weight-gradient elements at step 0, summed over runs from the fixed bins.",
     "over_steps": "(f) Weight-gradient norm of each layer over training.",
     "devices": "(g) CPU against CUDA: the same configuration and seed measured on both devices.",
+    **theory_figures.CAPTIONS,
 }
 SKIPPED = {
     "ratio_heatmap": "fewer than two axes swept",
@@ -40,6 +41,7 @@ SKIPPED = {
     "batchnorm": "BatchNorm not swept",
     "over_steps": "no training steps logged",
     "devices": "not both CPU and CUDA runs present",
+    **theory_figures.SKIPPED,
 }
 BAND_NOTE = "Lines are medians over seeds and replicas (and over axes not shown), bands span min to max."
 
@@ -77,6 +79,7 @@ def _figure_plan(init: pd.DataFrame, totals: pd.DataFrame, summary: pd.DataFrame
         "histograms": lambda: figures.histograms(figures.histogram_counts(runs)),
         "over_steps": lambda: figures.over_steps(figures.layer_steps(runs), swept) if totals["step"].nunique() > 1 else None,
         "devices": lambda: figures.devices(init),
+        **theory_figures.figure_plan(runs),
     }
 
 

@@ -38,8 +38,10 @@ def report(smoke_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_report_writes_every_output(report) -> None:
     names = {p.name for p in report.out_dir.iterdir()}
     assert {"sweep.parquet", "summary.csv", "summary.md", "index.html"} <= names
-    assert set(report.figures) == {"layer_profile", "ratio_heatmap", "clipping", "batchnorm", "histograms", "over_steps"}
-    assert report.skipped == {"devices": "not both CPU and CUDA runs present"}
+    assert set(report.figures) == {"layer_profile", "ratio_heatmap", "clipping", "batchnorm", "histograms", "over_steps",
+                                   "prediction_overlay", "bulk_error"}
+    assert set(report.skipped) == {"devices", "phase_diagram", "batchnorm_depth", "glorot_fig8"}
+    assert report.skipped["devices"] == "not both CPU and CUDA runs present"
     assert not report.problems
 
 
