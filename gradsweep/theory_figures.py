@@ -138,9 +138,10 @@ def _gain_per_layer(frame: pd.DataFrame) -> pd.DataFrame:
     last = pre[pre["layer"] == pre["depth"] - 1].set_index(["run_key", "replica"])["grad_norm"]
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(first / last.reindex(first.index))
-    depth = _configs(frame)["depth"]
-    per_layer = (logs.groupby(level="run_key").mean() / (depth.reindex(logs.groupby(level="run_key").mean().index) - 1))
-    return _configs(frame).join(per_layer.rename("log10_gain"), how="inner").reset_index()
+    configs = _configs(frame)
+    per_run = logs.groupby(level="run_key").mean()
+    per_layer = per_run / (configs["depth"].reindex(per_run.index) - 1)
+    return configs.join(per_layer.rename("log10_gain"), how="inner").reset_index()
 
 
 def _mark_critical(ax: plt.Axes, sw2_values: np.ndarray, critical: float, row: int) -> None:
