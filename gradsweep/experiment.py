@@ -59,6 +59,9 @@ class RunResult:
 
 @dataclass
 class _Layer:
+    """One Linear layer of all replicas: weight is (K, in, out), nn.Linear's weight transposed,
+    so that batched matmuls give it a contiguous gradient."""
+
     weight: torch.Tensor
     bias: torch.Tensor
     bn_weight: torch.Tensor | None
@@ -89,7 +92,7 @@ def _stack_layers(models: list[nn.Sequential], device: torch.device, dtype: torc
         has_bn = first["bn"] is not None
         stacked.append(
             _Layer(
-                weight=stack(lambda d: d["linear"].weight, i),
+                weight=stack(lambda d: d["linear"].weight.T, i),
                 bias=stack(lambda d: d["linear"].bias, i),
                 bn_weight=stack(lambda d: d["bn"].weight, i) if has_bn else None,
                 bn_bias=stack(lambda d: d["bn"].bias, i) if has_bn else None,
@@ -107,7 +110,7 @@ def _tensor_specs(layers: list[_Layer], batch_size: int) -> list[TensorSpec]:
         if layer.bn_weight is not None:
             specs.append(TensorSpec(index, "bn_weight", layer.bn_weight[0].numel(), True))
             specs.append(TensorSpec(index, "bn_bias", layer.bn_bias[0].numel(), True))
-        specs.append(TensorSpec(index, "preact", batch_size * layer.weight.shape[1], False))
+        specs.append(TensorSpec(index, "preact", batch_size * layer.weight.shape[2], False))
     return specs
 
 
@@ -190,7 +193,7 @@ class GradientFlowRun:
         h = x.expand(self.replicas, *x.shape)
         preacts = []
         for layer in self.layers:
-            z = torch.baddbmm(layer.bias.unsqueeze(1), h, layer.weight.transpose(1, 2))
+            z = torch.baddbmm(layer.bias.unsqueeze(1), h, layer.weight)
             preacts.append(z)
             h = z
             if layer.bn_weight is not None:

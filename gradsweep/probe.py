@@ -7,9 +7,10 @@ their tensors are concatenated and reduced by segment in one pass ("fused");
 large ones are bound by memory bandwidth, so each tensor is reduced in place
 with reductions that write no full-size temporaries ("per-tensor"). The fused
 path works in float64 with a two-pass (centred) variance; the per-tensor path
-works in the gradient's dtype with a one-pass variance, so its grad_std loses
-relative precision ~eps * (mean/std)^2 when a tensor's mean dominates its
-spread. Otherwise both give the same numbers; `measure` returns one stacked device tensor so that a logged
+works in the gradient's dtype, with Welford's variance up to a million elements
+and a one-pass variance above, where grad_std loses relative precision
+~eps * (mean/std)^2 if a tensor's mean dominates its spread. Otherwise both
+give the same numbers; `measure` returns one stacked device tensor so that a logged
 step costs one device-to-host copy.
 """
 
@@ -50,7 +51,8 @@ STAT_COLUMNS: tuple[str, ...] = (
 )
 S = {name: i for i, name in enumerate(STAT_COLUMNS)}
 
-FUSED_MAX_ELEMENTS = 1 << 20
+ONE_PASS_MIN_ELEMENTS = 1 << 20
+FUSED_MAX_ELEMENTS = 1 << 16  # above it, dense per-tensor reductions beat segment ops (measured)
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,31 @@ def _bin_counts(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.bincount(index, minlength=size)
 
 
-def _hist_index(values: torch.Tensor) -> torch.Tensor:
-    """Bin of every element by arithmetic on log10|g| (no search): underflow..overflow.
+def _hist_index(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Bin of every element by arithmetic on log10|g| (no search): underflow..overflow, as float.
 
     Zeros and NaNs land in `underflow` and +-Inf in `overflow`; `_fix_special_bins`
     moves them to their own bins on the host from the exact counts.
     """
-    log = values.abs().log10_().nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    log = torch.abs(values, out=out).log10_().nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     regular = len(HIST_REGULAR_EDGES) - 1
-    log.sub_(HIST_LOG10_MIN).mul_(1.0 / HIST_LOG10_STEP).floor_().clamp_(-1, regular)
-    return log.to(torch.int64)
+    return log.sub_(HIST_LOG10_MIN).mul_(1.0 / HIST_LOG10_STEP).floor_().clamp_(-1, regular)
+
+
+def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum, sum of squares and centred sum of squares of each row, without full-size temporaries.
+
+    Rows up to ONE_PASS_MIN_ELEMENTS use torch.var_mean (Welford, exact when
+    the mean dominates the spread); larger ones, where that kernel is several
+    times slower than a plain reduction, use sumsq - sum^2/n.
+    """
+    n = values.shape[1]
+    total = values.sum(1)
+    sumsq = torch.linalg.vector_norm(values, dim=1).square()
+    if values.numel() <= ONE_PASS_MIN_ELEMENTS:
+        var, _ = torch.var_mean(values, dim=1, correction=0)
+        return total, sumsq, var * n
+    return total, sumsq, sumsq - total * total / n
 
 
 def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n_inf: np.ndarray) -> None:
@@ -91,6 +108,28 @@ def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n
     hist[..., HIST_ZERO] = n_zero
     hist[..., HIST_NAN] = n_nan
     hist[..., HIST_INF] = n_inf
+
+
+@dataclass(frozen=True)
+class _FusedBuffers:
+    """Work buffers of the fused path, allocated once per run."""
+
+    raw: torch.Tensor
+    flat: torch.Tensor
+    tmp: torch.Tensor
+    mask: torch.Tensor
+    log: torch.Tensor
+    index: torch.Tensor
+
+    @classmethod
+    def allocate(cls, replicas: int, n_all: int, n_grad: int, dtype: torch.dtype, device: torch.device) -> "_FusedBuffers":
+        def empty(n: int, kind: torch.dtype) -> torch.Tensor:
+            return torch.empty(replicas, n, dtype=kind, device=device)
+
+        raw = empty(n_all, dtype)
+        flat = raw if dtype == torch.float64 else empty(n_all, torch.float64)
+        return cls(raw, flat, empty(n_all, torch.float64), empty(n_all, torch.bool),
+                   empty(n_grad, torch.float64), empty(n_grad, torch.int64))
 
 
 class GradientProbe:
@@ -116,10 +155,13 @@ class GradientProbe:
             sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
             lengths = torch.tensor(sizes, device=device)
             self._lengths = lengths.expand(replicas, len(sizes)).contiguous()
-            self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
+            segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
+            self._segment = segment.expand(replicas, -1).contiguous()
             rows = torch.arange(replicas, device=device)[:, None] * n_t
-            self._hist_base = (rows + self._segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW + 1
-            self._flat = torch.empty(replicas, sum(sizes), dtype=torch.float64, device=device)
+            self._hist_base = (rows + segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW + 1
+            self._work = _FusedBuffers.allocate(replicas, sum(sizes), self._n_grad, dtype, device)
+            self._extremes = torch.empty(2, replicas, len(sizes), dtype=torch.float64, device=device)
+            self._no_rows = torch.zeros(replicas * n_t * len(STAT_COLUMNS), dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
@@ -185,19 +227,25 @@ class GradientProbe:
                 row[S["grad_m2"]] = ((g - g.mean()) ** 2).sum().item()
 
     def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
-        """All tensors in one float64 buffer, reduced by segment: a fixed, small number of ops."""
-        k = self.replicas
-        flat = torch.cat([t.reshape(k, -1) for t in (*grads, *params)], dim=1, out=self._flat)
+        """All tensors in one float64 buffer, reduced by segment: a fixed, small number of ops.
+
+        Every full-size intermediate lives in a buffer allocated once: a fresh
+        large allocation per step costs page faults that dwarf the arithmetic.
+        """
+        k, w = self.replicas, self._work
+        torch.cat([t.view(k, -1) for t in (*grads, *params)], dim=1, out=w.raw)
+        flat = w.flat.copy_(w.raw) if w.flat is not w.raw else w.flat
         sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1)
-        centered = flat - (sums / self._lengths).index_select(1, self._segment)
+        means = torch.gather(sums / self._lengths, 1, self._segment, out=w.tmp)
+        centered = torch.sub(flat, means, out=w.tmp)
         m2 = torch.segment_reduce(centered.mul_(centered), "sum", lengths=self._lengths, axis=1)
-        hi = torch.segment_reduce(flat, "max", lengths=self._lengths, axis=1)
-        lo = torch.segment_reduce(flat, "min", lengths=self._lengths, axis=1)
-        zeros = torch.segment_reduce((flat == 0).to(torch.float64), "sum", lengths=self._lengths, axis=1)
-        no_rows = torch.zeros(k * len(self.specs) * len(STAT_COLUMNS), dtype=torch.float64, device=self.device)
-        parts = [no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), zeros.view(-1)]
+        hi = self._extremes[0].scatter_reduce_(1, self._segment, flat, "amax", include_self=False)
+        lo = self._extremes[1].scatter_reduce_(1, self._segment, flat, "amin", include_self=False)
+        is_zero = w.tmp.copy_(torch.eq(flat, 0, out=w.mask))
+        zeros = torch.segment_reduce(is_zero, "sum", lengths=self._lengths, axis=1)
+        parts = [self._no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), zeros.view(-1)]
         if with_hist:
-            index = _hist_index(flat[:, : self._n_grad]).add_(self._hist_base)
+            index = w.index.copy_(_hist_index(flat[:, : self._n_grad], out=w.log)).add_(self._hist_base)
             parts.append(_bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64))
         return torch.cat(parts)
 
@@ -211,20 +259,18 @@ class GradientProbe:
             g2 = g.reshape(k, -1)
             n = g2.shape[1]
             lo, hi = torch.aminmax(g2, dim=1)
-            gsum, gsq = g2.sum(1), torch.linalg.vector_norm(g2, dim=1).square()
+            gsum, gsq, gm2 = _moments(g2)
             zeros = n - torch.count_nonzero(g2, dim=1)
             if spec.is_param:
-                p2 = next(param_iter).reshape(k, -1)
-                psum, psq = p2.sum(1), torch.linalg.vector_norm(p2, dim=1).square()
+                psum, psq, pm2 = _moments(next(param_iter).reshape(k, -1))
             else:
-                psum = psq = torch.full((k,), math.nan, dtype=g.dtype, device=g.device)
+                psum = psq = pm2 = torch.full((k,), math.nan, dtype=g.dtype, device=g.device)
             no_count = torch.zeros_like(gsum)
             rows.append(torch.stack(
-                [gsum, gsq, gsq - gsum * gsum / n, lo, hi, zeros.to(g.dtype), no_count, no_count,
-                 psum, psq, psq - psum * psum / n], -1,
+                [gsum, gsq, gm2, lo, hi, zeros.to(g.dtype), no_count, no_count, psum, psq, pm2], -1,
             ))
             if with_hist:
-                index = _hist_index(g2).add_(self._hist_offset)
+                index = _hist_index(g2).to(torch.int64).add_(self._hist_offset)
                 hists.append(_bin_counts(index.view(-1), k * N_HIST_BINS))
         parts = [torch.stack(rows, 1).view(-1).to(torch.float64)]
         if with_hist:
