@@ -7,7 +7,7 @@ their tensors are concatenated and reduced by segment in one pass ("fused");
 large ones are bound by memory bandwidth, so each tensor is reduced in place
 with reductions that write no full-size temporaries ("per-tensor"). The fused
 path works in float64 with a two-pass (centred) variance; the per-tensor path
-works in the gradient's dtype, with Welford's variance up to a million elements
+works in the gradient's dtype, with Welford's variance up to 4,096 elements
 and a one-pass variance above, where grad_std loses relative precision
 ~eps * (mean/std)^2 if a tensor's mean dominates its spread. Otherwise both
 give the same numbers; `measure` returns one stacked device tensor so that a logged
@@ -51,7 +51,7 @@ STAT_COLUMNS: tuple[str, ...] = (
 )
 S = {name: i for i, name in enumerate(STAT_COLUMNS)}
 
-ONE_PASS_MIN_ELEMENTS = 1 << 20
+ONE_PASS_MIN_ELEMENTS = 1 << 12
 FUSED_MAX_ELEMENTS = 1 << 16  # above it, dense per-tensor reductions beat segment ops (measured)
 
 
@@ -93,8 +93,12 @@ def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     times slower than a plain reduction, use sumsq - sum^2/n.
     """
     n = values.shape[1]
-    total = values.sum(1)
-    sumsq = torch.linalg.vector_norm(values, dim=1).square()
+    if values.shape[0] == 1:  # whole-tensor reductions: the dim=1 kernels are up to 10x slower here
+        total = values.sum().view(1)
+        sumsq = torch.linalg.vector_norm(values).square().view(1)
+    else:
+        total = values.sum(1)
+        sumsq = torch.linalg.vector_norm(values, dim=1).square()
     if values.numel() <= ONE_PASS_MIN_ELEMENTS:
         var, _ = torch.var_mean(values, dim=1, correction=0)
         return total, sumsq, var * n
@@ -258,9 +262,9 @@ class GradientProbe:
         for spec, g in zip(self.specs, grads):
             g2 = g.reshape(k, -1)
             n = g2.shape[1]
-            lo, hi = torch.aminmax(g2, dim=1)
+            lo, hi = torch.aminmax(g2, dim=1) if k > 1 else (t.view(1) for t in torch.aminmax(g2))
             gsum, gsq, gm2 = _moments(g2)
-            zeros = n - torch.count_nonzero(g2, dim=1)
+            zeros = n - (torch.count_nonzero(g2, dim=1) if k > 1 else torch.count_nonzero(g2).view(1))
             if spec.is_param:
                 psum, psq, pm2 = _moments(next(param_iter).reshape(k, -1))
             else:
