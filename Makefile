@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 SWEEP_DIR ?= outputs/sweeps/demo
+# The demo sweep: the exercise's network across activation, depth and BatchNorm,
+# 4 seed replicas each, 100 SGD steps on the teacher task (linear output layer).
+SWEEP_ARGS ?= act=sigmoid,tanh,relu depth=5,10,20 batchnorm=false,true output_act=false \
+	replicas=4 steps=100 log_every=5 loss=mse lr=0.05
 
 .PHONY: venv sweep test test-all bench clean
 
@@ -20,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sweep: $(STAMP)
-	$(BIN)/python -m gradsweep -m act=sigmoid,tanh,relu depth=5,10,20 hydra.sweep.dir=$(SWEEP_DIR)
+	$(BIN)/python -m gradsweep -m $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
 	$(BIN)/python -m gradsweep.report $(SWEEP_DIR) -o $(SWEEP_DIR)/report
 
 test: $(STAMP)

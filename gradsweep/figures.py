@@ -155,14 +155,27 @@ def layer_steps(runs: RunSet) -> pd.DataFrame:
 
 
 def over_steps(frame: pd.DataFrame, swept: list[str]) -> plt.Figure | None:
-    """(f) Weight-gradient norm per layer over training steps, one panel per activation (and next axis)."""
+    """(f) Weight-gradient norm over training steps of the input-side, middle and output-side layers.
+
+    Three layers per run keep the panels readable at any depth; hue is the layer's
+    position, columns and rows the first swept axes, line style the next one.
+    """
     if frame["step"].nunique() < 2:
         return None
+    depth = frame["depth"].astype(int)
+    position = pd.Series(pd.NA, index=frame.index, dtype="object")
+    position[frame["layer"] == 0] = "input side (layer 0)"
+    position[(frame["layer"] == depth // 2) & (depth > 2)] = "middle (layer depth//2)"
+    position[frame["layer"] == depth - 1] = "output side (layer depth-1)"
+    shown = _label(frame.assign(position=position).dropna(subset=["position"]))
     col, row = ("act" if "act" in swept else None), _facets(swept, ("act",))[0]
-    grid = sns.relplot(data=_label(frame), x="step", y="grad_norm", hue="layer", col=col, row=row, kind="line",
-                       errorbar=BAND, estimator="median", palette="viridis", height=3.2, aspect=1.3)
+    style = _facets(swept, ("act", row or ""))[0]
+    grid = sns.relplot(data=shown, x="step", y="grad_norm", hue="position", style=style, col=col, row=row,
+                       kind="line", errorbar=("pi", 50), estimator="median", height=3.2, aspect=1.3,
+                       hue_order=["input side (layer 0)", "middle (layer depth//2)", "output side (layer depth-1)"])
     grid.set(yscale="log")
     grid.set_axis_labels("optimizer step", "weight-gradient L2 norm")
+    grid.figure.suptitle("median over replicas, band = interquartile range", y=1.01, fontsize=10)
     return grid.figure
 
 

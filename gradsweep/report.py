@@ -135,7 +135,7 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
         ".problems td{color:#a00}",
         "</style></head><body><h1>gradsweep report</h1>",
-        f"<p>{n_files} run files, {len(report.summary)} runs x replicas. Swept axes: "
+        f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and replica). Swept axes: "
         f"{esc(', '.join(swept) or 'none')}.</p>",
     ]
     if report.problems:
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in report.problems:
         print(f"gradsweep-report: {p.kind}: {p.path}: {p.message}", file=sys.stderr)
-    print(f"{out / 'index.html'}: {len(report.summary)} runs x replicas, {len(report.figures)} figures")
+    n_runs = report.summary["run_key"].nunique()
+    print(f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, {len(report.figures)} figures")
     return 0
 
 

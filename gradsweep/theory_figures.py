@@ -196,17 +196,17 @@ def batchnorm_depth(frame: pd.DataFrame) -> plt.Figure | None:
     bn["below"] = bn["depth"] - 2 - bn["layer"]
     bn["relative"] = bn["grad_norm"].to_numpy() / last_hidden.reindex(
         pd.MultiIndex.from_frame(bn[["run_key", "replica"]])).to_numpy()
-    batches = sorted(bn["batch_size"].unique())
-    palette = dict(zip(batches, sns.color_palette("deep", len(batches))))
+    combos = sorted(set(zip(bn["act"], bn["batch_size"])))
+    palette = dict(zip(combos, sns.color_palette("deep", len(combos))))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.6), constrained_layout=True)
     median = bn.groupby(["act", "batch_size", "depth", "below"], as_index=False)["relative"].median()
     for (act, batch), part in median.groupby(["act", "batch_size"]):
-        left.scatter(part["below"], part["relative"], s=14, color=palette[batch], alpha=0.7,
+        left.scatter(part["below"], part["relative"], s=14, color=palette[act, batch], alpha=0.7,
                      label=f"{act}, B={batch}: measured (all depths)")
         rate = theory.batchnorm_rate(act, int(batch))
         k = np.arange(part["below"].max() + 1)
-        left.plot(k, rate ** (k / 2), color=palette[batch], lw=1.5,
-                  label=f"theory sqrt(rate) = {math.sqrt(rate):.4f} per layer")
+        left.plot(k, rate ** (k / 2), color=palette[act, batch], lw=1.5,
+                  label=f"{act}, B={batch}: theory sqrt(rate) = {math.sqrt(rate):.4f} per layer")
     left.set(yscale="log", xlabel="layers below the last hidden layer, L-2-l",
              ylabel="|dL/dz_l| / |dL/dz_{L-2}| at step 0 (median over replicas)",
              title="gradient norm grows toward the input")
@@ -217,11 +217,11 @@ def batchnorm_depth(frame: pd.DataFrame) -> plt.Figure | None:
     for (act, batch), part in bulks.groupby(["act", "batch_size"]):
         stats = part.groupby("depth")["measured"].agg(["mean", "min", "max"]).reset_index()
         right.errorbar(stats["depth"], stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                       fmt="o", color=palette[batch], capsize=3, label=f"{act}, B={batch}: measured")
-        right.axhline(math.sqrt(theory.batchnorm_rate(act, int(batch))), color=palette[batch], lw=1.5,
-                      label=f"theory, B={batch}")
+                       fmt="o", color=palette[act, batch], capsize=3, label=f"{act}, B={batch}: measured")
+        right.axhline(math.sqrt(theory.batchnorm_rate(act, int(batch))), color=palette[act, batch], lw=1.5,
+                      label=f"{act}, B={batch}: theory")
     for act in bulks["act"].unique():
-        right.axhline(math.sqrt(theory.batchnorm_rate(act)), color="grey", ls=":", lw=1.5,
+        right.axhline(math.sqrt(theory.batchnorm_rate(act)), color="grey", ls=":", lw=1.2,
                       label=f"{act}: large-batch limit {math.sqrt(theory.batchnorm_rate(act)):.4f}")
     right.set(xlabel="depth (Linear layers)", ylabel="bulk factor |dL/dz_l| / |dL/dz_{l+1}|",
               title="per-layer factor (interior layers: skip first 3 and last 1)")
