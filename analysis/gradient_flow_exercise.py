@@ -41,6 +41,7 @@ from gradsweep.experiment import run_experiment
 from gradsweep.model import build_mlp
 from gradsweep.probe import HIST_BIN_LABELS
 from gradsweep.store import RunSet, run_metadata, write_run
+from gradsweep.summary import run_metrics
 
 EXTRA_DIR = Path(tempfile.mkdtemp(prefix="gradsweep-exercise-"))
 SWEEP_DIR = Path(os.environ.get("GRADSWEEP_SWEEP_DIR") or EXTRA_DIR)
@@ -69,7 +70,8 @@ def run_file_norms(config: dict, column: str = "grad_norm") -> np.ndarray:
     if match.empty:
         result = run_experiment(full)
         path = EXTRA_DIR / "-".join(f"{k}{v}" for k, v in config.items()) / "grad_stats.parquet"
-        write_run(result.stats, path, run_metadata(yaml.safe_dump(full), result.device_name, result.status[0]))
+        write_run(result.stats, path, run_metadata(yaml.safe_dump(full), result.device_name, result.status[0],
+                                                  run_metrics(result.stats)))
         files = [path]
     else:
         files = [match["path"].iloc[0]]

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from gradsweep.config import run_key
+from gradsweep.summary import run_metrics
 
 BASE_SWEEP = ["act=sigmoid,tanh,relu", "depth=8,12", "init_scale=1,2", "clip=null,1.0", "steps=16"]
 N_CONFIGS = 24
@@ -42,7 +43,8 @@ def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
     """Write the first replicas of every base run, each as its own run file, until `n_runs` files exist.
 
     Each file is what `seed=seed+r replicas=1` would have written: replica 0,
-    its own seed in the data and in the footer's config, and that config's run key.
+    its own seed in the data and in the footer's config, that config's run key,
+    and the footer summary `gradsweep.summary.run_metrics` computes at write time.
     """
     done = out / ".complete"
     if done.exists():
@@ -66,6 +68,7 @@ def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
                                    pa.array([key] * len(part), pa.large_string()))
             part = part.set_column(part.schema.get_field_index("replica"), "replica",
                                    pa.array([0] * len(part), pa.int64()))
+            meta[b"gradsweep.summary"] = run_metrics(part.to_pandas()).encode()
             target = out / f"{path.parent.name}-seed{seed}" / "grad_stats.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(part.replace_schema_metadata(meta), target, compression="zstd")
@@ -123,8 +126,8 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = base_sweep(args.cache, replicas=-(-10_000 // N_CONFIGS))
-    runs_1k = split_replicas(base, args.cache / "runs-1000", 1_000)
-    runs_10k = split_replicas(base, args.cache / "runs-10000", 10_000)
+    runs_1k = split_replicas(base, args.cache / "split-1000", 1_000)
+    runs_10k = split_replicas(base, args.cache / "split-10000", 10_000)
     rows = pq.ParquetDataset(str(runs_1k)).read(columns=["step"]).num_rows / 1_000
     print(f"run files ready in {time.perf_counter() - start:.0f} s ({rows:.0f} rows per file on average)")
     plan = [("report", runs_1k, 1_000), ("summary", runs_10k, 10_000)]

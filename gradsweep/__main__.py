@@ -21,6 +21,7 @@ from gradsweep.groups import (
 )
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.store import is_complete, run_metadata, write_run
+from gradsweep.summary import run_metrics
 
 log = logging.getLogger("gradsweep")
 
@@ -69,8 +70,9 @@ def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
 def _write(run: PlannedRun, result: RunResult) -> str:
     run_cfg = OmegaConf.masked_copy(run.cfg, [k for k in run.cfg.keys() if k != "hydra"])
     status = "diverged" if "diverged" in result.status else "ok"
-    write_run(result.stats, run.stats_path, run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True),
-                                                          result.device_name, status))
+    meta = run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name, status,
+                        run_metrics(result.stats))
+    write_run(result.stats, run.stats_path, meta)
     return ",".join(sorted(set(result.status)))
 
 

@@ -50,11 +50,12 @@ def _version() -> str:
         return "unknown"
 
 
-def run_metadata(config_yaml: str, device_name: str, status: str) -> dict[str, str]:
-    """Key-value metadata stored in every run file's footer."""
+def run_metadata(config_yaml: str, device_name: str, status: str, summary: str) -> dict[str, str]:
+    """Key-value metadata stored in every run file's footer; `summary` is the per-replica metrics as JSON."""
     import torch
 
     return {
+        "summary": summary,
         "schema_version": str(SCHEMA_VERSION),
         "version": _version(),
         "torch_version": torch.__version__,
@@ -179,7 +180,8 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, Problem | None]:
         return None, Problem(str(path), "unreadable", f"{type(err).__name__}: {err}")
     config = {c: values.get(c) for c in CONFIG_COLUMNS if c != "loss_name"}
     config["loss_name"] = values.get("loss")
-    return {"path": str(path), "run_key": run_key(values), **config, "seed": values.get("seed")}, None
+    record = {"path": str(path), "run_key": run_key(values), **config, "seed": values.get("seed")}
+    return {**record, "footer_summary": meta.get("summary")}, None
 
 
 class RunSet:
@@ -195,7 +197,9 @@ class RunSet:
         with ThreadPoolExecutor(threads) as pool:
             inspected = list(pool.map(_inspect, files))
         self.problems += [p for _, p in inspected if p is not None]
-        runs = pd.DataFrame([r for r, _ in inspected if r is not None], columns=["path", "run_key", *CONFIG_COLUMNS, "seed"])
+        runs = pd.DataFrame([r for r, _ in inspected if r is not None],
+                            columns=["path", "run_key", *CONFIG_COLUMNS, "seed", "footer_summary"])
+        self.footer_summaries: dict[str, str | None] = dict(zip(runs["path"], runs.pop("footer_summary")))
         repeated = runs.duplicated("run_key")
         first = runs.drop_duplicates("run_key").set_index("run_key")["path"]
         self.problems += [

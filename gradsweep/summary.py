@@ -8,6 +8,7 @@ that touches every parameter row is reduced inside Arrow before pandas sees it.
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -69,7 +70,11 @@ def scan(runs: RunSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     only eight columns.
     """
     parts = [_reduce_chunk(chunk) for chunk in runs.chunks(columns=SCAN_COLUMNS)]
-    config = runs.runs.drop(columns="path")
+    return _join_config(runs.runs.drop(columns="path"), parts)
+
+
+def _join_config(config: pd.DataFrame, parts: list[tuple[pa.Table, pa.Table]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`scan`'s two frames from reduced chunks and one configuration row per run."""
     totals = pa.concat_tables([p[0] for p in parts]).to_pandas()
     totals = totals.rename(columns={"loss_max": "loss", "param_norm_max": "max_grad_norm"})
     totals["total_grad_norm"] = np.sqrt(totals.pop("sq_sum"))
@@ -125,6 +130,43 @@ def summarize(totals: pd.DataFrame, init_norms: pd.DataFrame) -> pd.DataFrame:
     return table[list(SUMMARY_COLUMNS)]
 
 
+METRIC_COLUMNS: tuple[str, ...] = tuple(
+    c for c in SUMMARY_COLUMNS if c not in ("run_key", *CONFIG_COLUMNS, "seed")
+)
+
+
+def run_metrics(frame: pd.DataFrame) -> str:
+    """One run's per-replica summary metrics as JSON, for its file footer.
+
+    Computed by the same code as `summarize`, from the rows in memory at write
+    time, so a summary of 10,000 runs reads footers and decodes no data.
+    """
+    first = frame.iloc[0]
+    config = pd.DataFrame([{"run_key": first["run_key"], **{c: first[c] for c in CONFIG_COLUMNS if c in frame},
+                            "loss_name": first["loss_name"], "seed": int(frame["seed"].min())}])
+    table = pa.Table.from_pandas(frame[SCAN_COLUMNS], preserve_index=False)
+    metrics = summarize(*_join_config(config, [_reduce_chunk(table)]))[list(METRIC_COLUMNS)]
+    return metrics.astype(object).where(metrics.notna(), None).to_json(orient="records")
+
+
+def _from_footers(runs: RunSet) -> pd.DataFrame:
+    """The summary table from the metrics every run file carries in its footer."""
+    rows = [
+        {"run_key": key, **metrics}
+        for key, path in zip(runs.runs["run_key"], runs.runs["path"])
+        for metrics in json.loads(runs.footer_summaries[path])
+    ]
+    metrics = pd.DataFrame(rows, columns=["run_key", *METRIC_COLUMNS])
+    config = runs.runs.drop(columns="path")
+    table = config.merge(metrics, on="run_key")
+    table["seed"] += table["replica"]
+    table["diverged"] = table["diverged"].astype(bool)
+    table["diverged_step"] = table["diverged_step"].astype("Int64")
+    return table[list(SUMMARY_COLUMNS)].sort_values(RUN_ID, ignore_index=True)
+
+
 def summary_table(runs: RunSet) -> pd.DataFrame:
-    """The per-run summary table of every usable run in `runs`."""
+    """The per-run summary table of every usable run in `runs`: from the footers when every file has them."""
+    if len(runs.runs) and all(runs.footer_summaries.get(p) for p in runs.runs["path"]):
+        return _from_footers(runs)
     return summarize(*scan(runs))

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gradsweep.report import build_report, main
-from gradsweep.store import FAILURE_FILE, read_sweep
-from gradsweep.summary import SUMMARY_COLUMNS
+from gradsweep.store import FAILURE_FILE, RunSet, read_sweep
+from gradsweep.summary import SUMMARY_COLUMNS, scan, summarize, summary_table
 
 SMOKE = ["act=sigmoid,tanh,relu", "depth=3,5", "batchnorm=false,true", "clip=null,1.0", "steps=2", "replicas=2"]
 
@@ -80,6 +80,14 @@ def test_summary_matches_run_files(report, smoke_sweep: Path) -> None:
                 assert row["max_total_norm_clipped"] == pytest.approx(row["max_total_norm"])
             else:
                 assert row["max_total_norm_clipped"] <= row["clip"] + 1e-6
+
+
+def test_footer_summaries_equal_a_scan_of_the_data(smoke_sweep: Path) -> None:
+    runs = RunSet([smoke_sweep])
+    assert all(runs.footer_summaries.values())
+    from_footers = summary_table(runs)
+    scanned = summarize(*scan(runs)).sort_values(["run_key", "replica"], ignore_index=True)
+    pd.testing.assert_frame_equal(from_footers, scanned, check_dtype=False)
 
 
 def test_html_embeds_every_figure(report) -> None:
