@@ -25,3 +25,16 @@ def run_cli(*args: str, cwd: Path, module: str = "gradsweep", timeout: float = 3
 def cli(tmp_path: Path):
     """Run the CLI with tmp_path as working directory (so outputs/ lands there)."""
     return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
+
+
+@pytest.fixture(scope="session")
+def make_sweep(tmp_path_factory: pytest.TempPathFactory):
+    """Run a real multirun with the given overrides into a fresh dir; return the sweep dir."""
+
+    def make(name: str, *overrides: str) -> Path:
+        out = tmp_path_factory.mktemp(name)
+        result = run_cli("-m", *overrides, f"hydra.sweep.dir={out}", cwd=out)
+        assert result.returncode == 0, result.stderr
+        return out
+
+    return make

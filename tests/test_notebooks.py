@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jupytext
@@ -16,12 +14,9 @@ SMOKE = ["act=sigmoid,tanh", "batchnorm=false,true", "clip=null,1.0", "steps=2"]
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sweep_dir(make_sweep) -> Path:
     """A real multirun holding the exercise's sigmoid, tanh and BatchNorm networks at depth 5, seed 42."""
-    out = tmp_path_factory.mktemp("nb_sweep")
-    subprocess.run([sys.executable, "-m", "gradsweep", "-m", *SMOKE, f"hydra.sweep.dir={out}"],
-                   check=True, capture_output=True)
-    return out
+    return make_sweep("nb_sweep", *SMOKE)
 
 
 def execute(name: str, sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -22,12 +22,9 @@ SMOKE = ["act=sigmoid,tanh,relu", "depth=3,5", "batchnorm=false,true", "clip=nul
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_sweep(make_sweep) -> Path:
     """A real multirun of the app: 24 runs, 2 replicas, 3 logged steps."""
-    out = tmp_path_factory.mktemp("sweep")
-    subprocess.run([sys.executable, "-m", "gradsweep", "-m", *SMOKE, f"hydra.sweep.dir={out}"],
-                   check=True, capture_output=True)
-    return out
+    return make_sweep("sweep", *SMOKE)
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +144,33 @@ def test_console_script_runs(smoke_sweep: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "index.html").exists()
+
+
+def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(smoke_sweep: Path, tmp_path: Path) -> None:
+    """A run file relabelled as measured on CUDA (no GPU here) next to its CPU original draws figure (g)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import yaml
+
+    from gradsweep.config import run_key
+
+    src = sorted(smoke_sweep.glob("*/grad_stats.parquet"))[0]
+    table = pq.read_table(src)
+    meta = dict(table.schema.metadata)
+    config = yaml.safe_load(meta[b"gradsweep.config"])
+    config["device"] = "cuda"
+    meta[b"gradsweep.config"] = yaml.safe_dump(config).encode()
+
+    def replaced(name: str, values: pa.Array) -> None:
+        nonlocal table
+        field = table.schema.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, values.cast(field.type))
+
+    replaced("run_key", pa.array([run_key(config)] * table.num_rows))
+    replaced("device", pa.array(["cuda"] * table.num_rows))
+    replaced("grad_norm", pc.multiply(table["grad_norm"], 1 + 2e-7))
+    target = tmp_path / "cuda-run" / "grad_stats.parquet"
+    target.parent.mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), target)
+    report = build_report([src.parent, target.parent], tmp_path / "report")
+    assert "devices" in report.figures and report.figures["devices"].read_bytes().startswith(b"\x89PNG")
