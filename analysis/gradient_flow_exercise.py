@@ -37,9 +37,9 @@ import pyarrow.dataset as ds
 import torch
 from torch import nn
 
+from gradsweep.bins import HIST_BIN_LABELS
 from gradsweep.experiment import run_experiment
 from gradsweep.model import build_mlp
-from gradsweep.probe import HIST_BIN_LABELS
 from gradsweep.store import RunSet, run_metadata, write_run
 from gradsweep.summary import run_metrics
 

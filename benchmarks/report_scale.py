@@ -4,7 +4,7 @@ Every run file is real data: one small real sweep runs with many replicas, and
 each replica of each run is written as its own one-replica run file (replica 0,
 its own seed and run key), as a sweep over seeds would have written it. Files
 are cached under --cache. Each measurement runs in a fresh process, so its peak
-RSS (ru_maxrss) includes the interpreter and imports.
+RSS (VmHWM) includes the interpreter and imports; times include the imports.
 
     python benchmarks/report_scale.py [--cache DIR] [--baselines]
 """
@@ -97,11 +97,14 @@ MEASURE = {
     ),
 }
 
+# Peak RSS from VmHWM: ru_maxrss survives fork and exec, so a child would report its parent's peak.
 _CHILD = """
-import resource, time, json
+import time, json
 t0 = time.perf_counter()
 {body}
-print(json.dumps({{"seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+seconds = time.perf_counter() - t0
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": int(hwm.split()[1]) / 1024}}))
 """
 
 

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradsweep.bins import N_HIST_BINS
 from gradsweep.config import run_key, validate
 from gradsweep.model import build_mlp
 from gradsweep.predictions import attach_predictions
-from gradsweep.probe import N_HIST_BINS, S, GradientProbe, TensorSpec
+from gradsweep.probe import S, GradientProbe, TensorSpec
 
 BN_EPS = 1e-5
 TEACHER_WIDTH = 32

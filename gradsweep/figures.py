@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from gradsweep.probe import HIST_LOG10_STEP, HIST_REGULAR_EDGES, N_HIST_BINS  # noqa: E402
+from gradsweep.bins import HIST_LOG10_STEP, HIST_REGULAR_EDGES, N_HIST_BINS  # noqa: E402
 from gradsweep.store import CONFIG_COLUMNS, RunSet  # noqa: E402
 
 AXIS_PRIORITY = ("act", "depth", "init_scale", "width", "init", "batchnorm", "clip", "output_act", "bias_init",

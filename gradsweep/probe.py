@@ -22,19 +22,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-HIST_LOG10_MIN = -12.0
-HIST_LOG10_MAX = 4.0
-HIST_LOG10_STEP = 0.25
-HIST_REGULAR_EDGES: np.ndarray = np.arange(
-    HIST_LOG10_MIN, HIST_LOG10_MAX + HIST_LOG10_STEP / 2, HIST_LOG10_STEP
+from gradsweep.bins import (
+    HIST_INF,
+    HIST_LOG10_MIN,
+    HIST_LOG10_STEP,
+    HIST_NAN,
+    HIST_OVERFLOW,
+    HIST_REGULAR_EDGES,
+    HIST_UNDERFLOW,
+    HIST_ZERO,
+    N_HIST_BINS,
 )
-HIST_BIN_LABELS: tuple[str, ...] = (
-    ("zero", "underflow")
-    + tuple(f"[{a:g},{b:g})" for a, b in zip(HIST_REGULAR_EDGES[:-1], HIST_REGULAR_EDGES[1:]))
-    + ("overflow", "nan", "inf")
-)
-N_HIST_BINS = len(HIST_BIN_LABELS)
-HIST_ZERO, HIST_UNDERFLOW, HIST_OVERFLOW, HIST_NAN, HIST_INF = 0, 1, N_HIST_BINS - 3, N_HIST_BINS - 2, N_HIST_BINS - 1
+
 
 STAT_COLUMNS: tuple[str, ...] = (
     "grad_sum",

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from gradsweep.config import run_key
-from gradsweep.probe import HIST_BIN_LABELS
+from gradsweep.bins import HIST_BIN_LABELS
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -192,9 +192,9 @@ class RunSet:
     of files at a time so that parquet metadata never piles up in memory.
     """
 
-    def __init__(self, paths: Iterable[str | Path], threads: int = 8) -> None:
+    def __init__(self, paths: Iterable[str | Path], threads: int | None = None) -> None:
         files, self.problems = find_run_files(paths)
-        with ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
             inspected = list(pool.map(_inspect, files))
         self.problems += [p for _, p in inspected if p is not None]
         runs = pd.DataFrame([r for r, _ in inspected if r is not None],

@@ -13,7 +13,8 @@ import gradsweep.probe as probe_module
 from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import GradientFlowRun, run_experiment
 from gradsweep.model import build_mlp
-from gradsweep.probe import HIST_BIN_LABELS, N_HIST_BINS, GradientProbe, TensorSpec
+from gradsweep.bins import HIST_BIN_LABELS, N_HIST_BINS
+from gradsweep.probe import GradientProbe, TensorSpec
 
 
 def reference_gradients(cfg: dict) -> dict[tuple[int, str], torch.Tensor]:
