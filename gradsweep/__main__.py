@@ -20,14 +20,12 @@ from gradsweep.groups import (
     GROUP_ENV, POSITION_ENV, ReplicaGroupRun, decode_members, member_config, member_dir, member_overrides,
 )
 from gradsweep.progress import ProgressBar, parse_position, run_line
-from gradsweep.store import is_complete, run_metadata, write_run
+from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
 from gradsweep.summary import run_metrics
 
 log = logging.getLogger("gradsweep")
 
 register_configs()
-
-FAILURE_FILE = "FAILED.txt"
 
 
 @dataclass
