@@ -70,8 +70,10 @@ def test_statistics_match_reference_sequential(overrides: dict) -> None:
         assert row.numel == g.numel()
 
 
-def test_fused_and_per_tensor_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fused_in", ["numpy", "torch"])
+def test_fused_and_per_tensor_paths_agree(fused_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = {**run_values(RunConfig()), "act": "relu", "batchnorm": True, "replicas": 3, "steps": 4, "clip": 0.5}
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", fused_in == "numpy")
     fused = run_experiment(cfg).stats
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 0)
     per_tensor = run_experiment(cfg).stats
@@ -99,7 +101,9 @@ def _probe_rows(values: list[float], fused: bool, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_histogram_bins_and_nonfinite_counts(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("host", [True, False])
+def test_histogram_bins_and_nonfinite_counts(fused: bool, host: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
     values = [0.0, -0.0, 1e-13, 1.1e-12, -3e-3, 0.5, 9999.0, 1e4, -5e30, math.nan, math.inf, -math.inf]
     stats, hist = _probe_rows(values, fused, monkeypatch)
     labels = dict(zip(HIST_BIN_LABELS, hist))
@@ -116,7 +120,9 @@ def test_histogram_bins_and_nonfinite_counts(fused: bool, monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_float32_overflow_of_the_norm_is_recomputed_exactly(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("host", [True, False])
+def test_float32_overflow_of_the_norm_is_recomputed_exactly(fused: bool, host: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
     stats, _ = _probe_rows([1e26] * 400, fused, monkeypatch)
     assert math.sqrt(stats[probe_module.S["grad_sumsq"]]) == pytest.approx(2e27, rel=1e-6)
     assert stats[probe_module.S["grad_n_inf"]] == 0
