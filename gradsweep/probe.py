@@ -66,9 +66,12 @@ class TensorSpec:
     is_param: bool
 
 
-def _bin_counts(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Counts of each value in `index` (all < size), without the host sync of CUDA's bincount."""
-    if index.is_cuda:
+def _bin_counts(index: torch.Tensor, size: int, add: bool | None = None) -> torch.Tensor:
+    """Counts of each value in `index` (all < size), without the host sync of CUDA's bincount.
+
+    `add` (default: on CUDA) counts with index_add_, which needs no output size from the host.
+    """
+    if index.is_cuda if add is None else add:
         return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(
             0, index, torch.ones_like(index)
         )

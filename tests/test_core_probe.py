@@ -126,3 +126,10 @@ def test_float32_overflow_of_the_norm_is_recomputed_exactly(fused: bool, host: b
     stats, _ = _probe_rows([1e26] * 400, fused, monkeypatch)
     assert math.sqrt(stats[probe_module.S["grad_sumsq"]]) == pytest.approx(2e27, rel=1e-6)
     assert stats[probe_module.S["grad_n_inf"]] == 0
+
+
+def test_bin_counts_without_bincount_equal_bincount() -> None:
+    """The index_add_ counting that CUDA uses (bincount syncs there) gives bincount's counts."""
+    index = torch.randint(0, 50, (10_000,))
+    assert torch.equal(probe_module._bin_counts(index, 60, add=True), torch.bincount(index, minlength=60))
+    assert torch.equal(probe_module._bin_counts(index, 60, add=False), torch.bincount(index, minlength=60))
