@@ -311,16 +311,19 @@ class GradientFlowRun:
         total = np.sqrt(grad_sq_params.sum(-1))  # (steps, K)
         coef_rows = np.where(is_param, coef[:, :, None], 1.0).reshape(-1)
         v = self.values
+        seeds, scales = (np.array(column) for column in zip(*self.replica_inits()))
+        per_replica = lambda values: np.broadcast_to(values[None, :, None], shape).reshape(-1)  # noqa: E731
         frame = pd.DataFrame(
             {
                 "run_key": self.key,
-                **{key: v[key] for key in ("act", "depth", "width", "init", "init_scale", "bias_init",
-                                           "batchnorm", "output_act", "device", "dtype", "optimizer", "lr",
-                                           "batch_size", "data_seed", "steps")},
+                **{key: v[key] for key in ("act", "depth", "width", "init")},
+                "init_scale": per_replica(scales.astype(np.float64)),
+                **{key: v[key] for key in ("bias_init", "batchnorm", "output_act", "device", "dtype", "optimizer",
+                                           "lr", "batch_size", "data_seed", "steps")},
                 "loss_name": v["loss"],
                 "clip": pd.array([v["clip"]] * (n_steps * k * n_t), dtype="Float64"),
-                "seed": np.broadcast_to((v["seed"] + np.arange(k))[None, :, None], shape).reshape(-1),
-                "replica": np.broadcast_to(np.arange(k)[None, :, None], shape).reshape(-1),
+                "seed": per_replica(seeds),
+                "replica": per_replica(np.arange(k)),
                 "step": np.broadcast_to(steps[:, None, None], shape).reshape(-1),
                 "layer": np.broadcast_to(np.array([s.layer for s in self.specs]), shape).reshape(-1),
                 "tensor": np.broadcast_to(np.array([s.tensor for s in self.specs]), shape).reshape(-1),

@@ -115,9 +115,7 @@ class ReplicaGroupRun(GradientFlowRun):
         for index, values in enumerate(self.members):
             rows = whole.stats[whole.stats["replica"] // k == index].reset_index(drop=True)
             rows["run_key"] = run_key(values)
-            rows["init_scale"] = float(values["init_scale"])
             rows["replica"] = rows["replica"] - index * k
-            rows["seed"] = rows["replica"] + values["seed"]
             part = slice(index * k, (index + 1) * k)
             results.append(RunResult(rows, whole.status[part], whole.diverged_step[part],
                                      whole.device_name, whole.seconds))
