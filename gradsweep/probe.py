@@ -180,9 +180,11 @@ class GradientProbe:
         self._n_grad = sum(s.numel for s in specs)
         self.fused = replicas * self._n_grad <= FUSED_MAX_ELEMENTS
         n_t = len(specs)
-        self._hist_offset = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS + HIST_UNDERFLOW + 1
-        if self.fused:
-            sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
+        self.on_host = self.fused and HOST_REDUCTIONS and device.type == "cpu"
+        sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
+        if self.on_host:
+            self._host = _HostLayout.build(sizes, replicas, n_t)
+        elif self.fused:
             lengths = torch.tensor(sizes, device=device)
             self._lengths = lengths.expand(replicas, len(sizes)).contiguous()
             segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
@@ -192,8 +194,8 @@ class GradientProbe:
             self._work = _FusedBuffers.allocate(replicas, sum(sizes), self._n_grad, dtype, device)
             self._extremes = torch.empty(2, replicas, len(sizes), dtype=torch.float64, device=device)
             self._no_rows = torch.zeros(replicas * n_t * len(STAT_COLUMNS), dtype=torch.float64, device=device)
-            self.on_host = HOST_REDUCTIONS and device.type == "cpu"
-            self._host = _HostLayout.build(sizes, replicas, n_t)
+        else:
+            self._hist_offset = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS + HIST_UNDERFLOW + 1
 
     @torch.no_grad()
     def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
@@ -201,7 +203,7 @@ class GradientProbe:
 
         The leading dim of every tensor is the replica.
         """
-        if self.fused and self.on_host:
+        if self.on_host:
             return torch.from_numpy(self._measure_numpy(grads, params, with_hist))
         if self.fused:
             return self._measure_fused(grads, params, with_hist)
