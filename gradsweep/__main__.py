@@ -92,11 +92,6 @@ def execute_runs(runs: list[PlannedRun], progress: Callable[[int], None] | None 
     return outcomes
 
 
-def execute(cfg: DictConfig, job_dir: Path) -> str:
-    """Run one configuration into `job_dir`; skip it if its stats file is already complete."""
-    return execute_runs(plan_runs(cfg, job_dir, []))[0][0]
-
-
 def failure_text(run: PlannedRun, error_traceback: str) -> str:
     """What FAILED.txt holds: status, error, configuration and the full traceback."""
     error = error_traceback.strip().splitlines()[-1]

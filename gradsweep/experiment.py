@@ -279,7 +279,7 @@ class GradientFlowRun:
             if progress is not None:
                 progress(step + 1)
         stats = self._to_frame(records)
-        stats = attach_predictions(stats, v, [scale for _, scale in self.replica_inits()])
+        stats = attach_predictions(stats, v)
         status, diverged = _divergence(stats, self.replicas)
         stats["status"] = pd.Categorical([status[r] for r in stats["replica"]], categories=["ok", "diverged"])
         stats["diverged_step"] = pd.array([diverged[r] for r in stats["replica"]], dtype="Int64")

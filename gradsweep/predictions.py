@@ -14,7 +14,7 @@ how far training has moved the network from its initial gradient flow.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -36,17 +36,15 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
     )
 
 
-def attach_predictions(
-    frame: pd.DataFrame, values: Mapping[str, Any], init_scales: Sequence[float] | None = None
-) -> pd.DataFrame:
-    """Add PRED_COLUMNS to a run's tidy rows; `init_scales[r]` is replica r's scale (default: the run's)."""
+def attach_predictions(frame: pd.DataFrame, values: Mapping[str, Any]) -> pd.DataFrame:
+    """Add PRED_COLUMNS to a run's tidy rows, each replica at the init_scale its rows carry."""
     depth = int(values["depth"])
-    replicas = int(frame["replica"].max()) + 1 if len(frame) else 0
-    scales = list(init_scales) if init_scales is not None else [values["init_scale"]] * replicas
+    scales = frame.groupby("replica")["init_scale"].first().sort_index().tolist()
+    replicas = len(scales)
     by_scale = {s: predicted_factors(values, s) for s in set(scales)}
     factors = np.full((replicas, depth), np.nan)
     back = np.full((replicas, depth), np.nan)
-    for r, scale in enumerate(scales[:replicas]):
+    for r, scale in enumerate(scales):
         factors[r, :-1] = by_scale[scale]
         back[r] = theory.predict_preact_norms(by_scale[scale], 1.0)
 
