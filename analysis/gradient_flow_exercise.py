@@ -37,7 +37,7 @@ import pyarrow.dataset as ds
 import torch
 from torch import nn
 
-from gradsweep.bins import HIST_BIN_LABELS
+from gradsweep.bins import HIST_BIN_LABELS, HIST_REGULAR_EDGES
 from gradsweep.experiment import run_experiment
 from gradsweep.model import build_mlp
 from gradsweep.store import RunSet, run_metadata, write_run
@@ -158,5 +158,5 @@ print(gradient_stats)
 print(f"{(gradient_histogram_data == 0).mean():.1%} exact zeros (dead ReLU units); gradsweep bins: {len(HIST_BIN_LABELS)}")
 fig, ax = plt.subplots(figsize=(7, 3))
 nonzero = np.abs(gradient_histogram_data[gradient_histogram_data != 0])
-ax.hist(np.log10(nonzero), bins=np.arange(-12, 4.25, 0.25))
-ax.set(xlabel="log10 |weight gradient| (non-zero elements)", ylabel="elements per 0.25-decade bin")
+ax.hist(np.log10(nonzero), bins=HIST_REGULAR_EDGES)
+ax.set(xlabel="log10 |weight gradient| (non-zero elements)", ylabel="elements per binade (gradsweep's bins)")

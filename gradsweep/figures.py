@@ -141,7 +141,7 @@ def histograms(counts: pd.DataFrame) -> plt.Figure:
     regular["activation"] = regular["act"].map(lambda a: f"{a} (exact zeros {zero[a]:.1%})")
     fig, ax = plt.subplots(figsize=(9, 4), constrained_layout=True)
     sns.lineplot(data=regular, x="log10|g|", y="fraction", hue="activation", drawstyle="steps-mid", ax=ax)
-    ax.set(xlabel="log10 |weight gradient| at step 0", ylabel="fraction of elements per 0.25-decade bin",
+    ax.set(xlabel="log10 |weight gradient| at step 0", ylabel="fraction of elements per binade",
            title="gradient magnitudes, all runs of each activation merged")
     return fig
 

@@ -25,14 +25,12 @@ from torch._utils import _flatten_dense_tensors
 
 from gradsweep.bins import (
     HIST_INF,
-    HIST_LOG10_MIN,
-    HIST_LOG10_STEP,
     HIST_NAN,
     HIST_OVERFLOW,
-    HIST_REGULAR_EDGES,
     HIST_UNDERFLOW,
     HIST_ZERO,
     N_HIST_BINS,
+    exponent_window,
 )
 
 
@@ -73,20 +71,25 @@ def _bin_counts(index: torch.Tensor, size: int, add: bool | None = None) -> torc
     """
     if index.is_cuda if add is None else add:
         return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(
-            0, index, torch.ones_like(index)
+            0, index, torch.ones_like(index, dtype=torch.int64)
         )
     return torch.bincount(index, minlength=size)
 
 
-def _hist_index(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Bin of every element by arithmetic on log10|g| (no search): underflow..overflow, as float.
+_FLOAT_BITS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
+_F64_LO, _ = exponent_window(1023)
 
-    Zeros and NaNs land in `underflow` and +-Inf in `overflow`; `_fix_special_bins`
-    moves them to their own bins on the host from the exact counts.
+
+def _hist_exponent(values: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Biased exponent of every |g|, clamped to the histogram's window, in `scratch`'s bits (no log).
+
+    Adding (row offset + HIST_UNDERFLOW - window start) gives the bin; zeros and
+    subnormals sit in underflow and NaN/Inf in overflow until `_fix_special_bins`
+    moves them with the exact counts.
     """
-    log = torch.abs(values, out=out).log10_().nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-    regular = len(HIST_REGULAR_EDGES) - 1
-    return log.sub_(HIST_LOG10_MIN).mul_(1.0 / HIST_LOG10_STEP).floor_().clamp_(-1, regular)
+    int_dtype, mantissa_bits, bias = _FLOAT_BITS[values.dtype]
+    bits = torch.abs(values, out=scratch.view_as(values)).view(int_dtype)
+    return bits.bitwise_right_shift_(mantissa_bits).clamp_(*exponent_window(bias))
 
 
 def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,8 +114,8 @@ def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n_inf: np.ndarray) -> None:
     """Move zeros, NaNs and Infs out of the underflow/overflow bins into their own, in place."""
-    hist[..., HIST_UNDERFLOW] -= (n_zero + n_nan).astype(np.int64)
-    hist[..., HIST_OVERFLOW] -= n_inf.astype(np.int64)
+    hist[..., HIST_UNDERFLOW] -= n_zero.astype(np.int64)
+    hist[..., HIST_OVERFLOW] -= (n_nan + n_inf).astype(np.int64)
     hist[..., HIST_ZERO] = n_zero
     hist[..., HIST_NAN] = n_nan
     hist[..., HIST_INF] = n_inf
@@ -120,7 +123,10 @@ def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n
 
 @dataclass(frozen=True)
 class _HostLayout:
-    """Where each (tensor, replica) segment lies in a tensor-major flat copy of all tensors."""
+    """Where each (tensor, replica) segment lies in a tensor-major flat copy of all tensors.
+
+    `hist_base` turns each float64 gradient element's clamped exponent into its histogram slot.
+    """
 
     starts: np.ndarray
     lengths: np.ndarray
@@ -134,7 +140,7 @@ class _HostLayout:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         element_segment = np.repeat(np.arange(len(lengths)), lengths)
         tensor, replica = np.divmod(np.arange(len(lengths)), replicas)
-        row = (replica * n_grad_tensors + tensor) * N_HIST_BINS + HIST_UNDERFLOW + 1
+        row = (replica * n_grad_tensors + tensor) * N_HIST_BINS + HIST_UNDERFLOW - _F64_LO
         n_grad_elements = int(lengths[: n_grad_tensors * replicas].sum())
         hist_base = np.repeat(row[: n_grad_tensors * replicas], lengths[: n_grad_tensors * replicas])
         return cls(starts, lengths, element_segment, hist_base, n_grad_elements)
@@ -148,8 +154,7 @@ class _FusedBuffers:
     flat: torch.Tensor
     tmp: torch.Tensor
     mask: torch.Tensor
-    log: torch.Tensor
-    index: torch.Tensor
+    bits: torch.Tensor
 
     @classmethod
     def allocate(cls, replicas: int, n_all: int, n_grad: int, dtype: torch.dtype, device: torch.device) -> "_FusedBuffers":
@@ -158,8 +163,7 @@ class _FusedBuffers:
 
         raw = empty(n_all, dtype)
         flat = raw if dtype == torch.float64 else empty(n_all, torch.float64)
-        return cls(raw, flat, empty(n_all, torch.float64), empty(n_all, torch.bool),
-                   empty(n_grad, torch.float64), empty(n_grad, torch.int64))
+        return cls(raw, flat, empty(n_all, torch.float64), empty(n_all, torch.bool), empty(n_grad, torch.float64))
 
 
 class GradientProbe:
@@ -190,12 +194,16 @@ class GradientProbe:
             segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
             self._segment = segment.expand(replicas, -1).contiguous()
             rows = torch.arange(replicas, device=device)[:, None] * n_t
-            self._hist_base = (rows + segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW + 1
+            self._hist_base = (rows + segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW - _F64_LO
             self._work = _FusedBuffers.allocate(replicas, sum(sizes), self._n_grad, dtype, device)
             self._extremes = torch.empty(2, replicas, len(sizes), dtype=torch.float64, device=device)
             self._no_rows = torch.zeros(replicas * n_t * len(STAT_COLUMNS), dtype=torch.float64, device=device)
         else:
-            self._hist_offset = torch.arange(replicas, device=device)[:, None] * N_HIST_BINS + HIST_UNDERFLOW + 1
+            int_dtype, _, bias = _FLOAT_BITS[dtype]
+            lo, _ = exponent_window(bias)
+            rows = torch.arange(replicas, dtype=int_dtype, device=device)[:, None]
+            self._hist_offset = rows * N_HIST_BINS + HIST_UNDERFLOW - lo  # the bits' dtype: mixed adds are 100x slower
+            self._scratch = torch.empty(replicas * max(s.numel for s in specs), dtype=dtype, device=device)
 
     @torch.no_grad()
     def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
@@ -281,7 +289,7 @@ class GradientProbe:
         zeros = torch.segment_reduce(is_zero, "sum", lengths=self._lengths, axis=1)
         parts = [self._no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), zeros.view(-1)]
         if with_hist:
-            index = w.index.copy_(_hist_index(flat[:, : self._n_grad], out=w.log)).add_(self._hist_base)
+            index = _hist_exponent(flat[:, : self._n_grad], w.bits).add_(self._hist_base)
             parts.append(_bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64))
         return torch.cat(parts)
 
@@ -301,11 +309,9 @@ class GradientProbe:
                        np.add.reduceat(flat == 0, lay.starts)]
         parts = [np.zeros(k * n_t * len(STAT_COLUMNS))] + [a.reshape(-1, k).T.ravel() for a in per_segment]
         if with_hist:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                log = np.log10(np.abs(flat[: lay.n_grad_elements]))
-            np.nan_to_num(log, copy=False, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
-            bins = np.clip(np.floor((log - HIST_LOG10_MIN) / HIST_LOG10_STEP), -1, len(HIST_REGULAR_EDGES) - 1)
-            parts.append(np.bincount(bins.astype(np.int64) + lay.hist_base, minlength=k * n_t * N_HIST_BINS))
+            bits = np.abs(flat[: lay.n_grad_elements]).view(np.int64)
+            np.clip(np.right_shift(bits, 52, out=bits), *exponent_window(1023), out=bits)
+            parts.append(np.bincount(bits + lay.hist_base, minlength=k * n_t * N_HIST_BINS))
         return np.concatenate(parts).astype(np.float64, copy=False)
 
     def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
@@ -329,7 +335,7 @@ class GradientProbe:
                 [gsum, gsq, gm2, lo, hi, zeros.to(g.dtype), no_count, no_count, psum, psq, pm2], -1,
             ))
             if with_hist:
-                index = _hist_index(g2).to(torch.int64).add_(self._hist_offset)
+                index = _hist_exponent(g2, self._scratch[: g2.numel()]).add_(self._hist_offset)
                 hists.append(_bin_counts(index.view(-1), k * N_HIST_BINS))
         parts = [torch.stack(rows, 1).view(-1).to(torch.float64)]
         if with_hist:

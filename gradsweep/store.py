@@ -27,7 +27,7 @@ from gradsweep.bins import HIST_BIN_LABELS
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATS_FILE = "grad_stats.parquet"
 FAILURE_FILE = "FAILED.txt"
 META_PREFIX = "gradsweep."

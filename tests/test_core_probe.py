@@ -83,40 +83,66 @@ def test_fused_and_per_tensor_paths_agree(fused_in: str, monkeypatch: pytest.Mon
     for column in ("grad_mean", "grad_std"):
         np.testing.assert_array_less(np.abs(per_tensor[column] - fused[column]) / scale, 1e-4)
     assert (per_tensor["grad_frac_zero"] == fused["grad_frac_zero"]).all()
-    # log10 in float32 (per-tensor) and float64 (fused) may put an element lying on a bin edge on either side.
+    # A float32 element keeps its exponent in float64 (fused path), so both bin it identically.
     for a, b, n in zip(per_tensor["grad_hist"], fused["grad_hist"], fused["numel"]):
-        assert a.sum() == b.sum() == n
-        assert np.abs(a - b).sum() <= 2 + n // 1000
+        assert a.sum() == n
+        np.testing.assert_array_equal(a, b)
 
 
-def _probe_rows(values: list[float], fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+def _probe_rows(values: np.ndarray, fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 1 << 20 if fused else 0)
-    g = torch.tensor([values])
-    p = torch.ones(1, len(values))
-    probe = GradientProbe([TensorSpec(0, "weight", len(values), True)], 1, torch.device("cpu"), torch.float32)
+    g = torch.from_numpy(np.asarray(values)[None, :])
+    p = torch.ones_like(g)
+    probe = GradientProbe([TensorSpec(0, "weight", g.shape[1], True)], 1, torch.device("cpu"), g.dtype)
     packed = probe.measure([g], [p], with_hist=True).numpy()
     probe.repair_nonfinite(packed, [g])
     stats, hist = probe.unpack(packed, with_hist=True)
     return stats[0, 0], hist[0, 0]
 
 
+def _negative_nan(dtype: type) -> np.generic:
+    bits = {np.float32: np.uint32(0xFFC00000), np.float64: np.uint64(0xFFF8000000000000)}[dtype]
+    return np.array([bits]).view(dtype)[0]
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("host", [True, False])
-def test_histogram_bins_and_nonfinite_counts(fused: bool, host: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_histogram_bins_and_nonfinite_counts(fused: bool, host: bool, dtype: type,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
-    values = [0.0, -0.0, 1e-13, 1.1e-12, -3e-3, 0.5, 9999.0, 1e4, -5e30, math.nan, math.inf, -math.inf]
+    below = lambda x: np.nextafter(dtype(x), dtype(0))  # noqa: E731 - the largest float under a bin edge
+    values = np.array([
+        0.0, -0.0, np.finfo(dtype).smallest_subnormal, below(2.0**-40), 2.0**-40, -3e-3, 0.5, below(1.0),
+        -1.0, below(2.0**14), 2.0**14, -5e30, math.nan, _negative_nan(dtype), math.inf, -math.inf,
+    ], dtype=dtype)
     stats, hist = _probe_rows(values, fused, monkeypatch)
     labels = dict(zip(HIST_BIN_LABELS, hist))
-    assert len(hist) == N_HIST_BINS == 69
-    assert labels["zero"] == 2 and labels["underflow"] == 1
-    assert labels["[-12,-11.75)"] == 1
-    assert labels["[-2.75,-2.5)"] == 1  # log10(3e-3) = -2.52
-    assert labels["[-0.5,-0.25)"] == 1
-    assert labels["[3.75,4)"] == 1
-    assert labels["overflow"] == 2 and labels["nan"] == 1 and labels["inf"] == 2
+    assert len(hist) == N_HIST_BINS == 59
+    assert labels["zero"] == 2 and labels["underflow"] == 2
+    assert labels["[2^-40,2^-39)"] == 1
+    assert labels["[2^-9,2^-8)"] == 1  # 3e-3 = 1.536 * 2^-9
+    assert labels["[2^-1,2^0)"] == 2 and labels["[2^0,2^1)"] == 1
+    assert labels["[2^13,2^14)"] == 1
+    assert labels["overflow"] == 2 and labels["nan"] == 2 and labels["inf"] == 2
     assert hist.sum() == len(values)
     names = probe_module.S
-    assert stats[names["grad_n_nan"]] == 1 and stats[names["grad_n_inf"]] == 2 and stats[names["grad_n_zero"]] == 2
+    assert stats[names["grad_n_nan"]] == 2 and stats[names["grad_n_inf"]] == 2 and stats[names["grad_n_zero"]] == 2
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("host", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_histogram_matches_frexp_binades(fused: bool, host: bool, dtype: type,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every finite nonzero element lands in the binade numpy's frexp gives it, over 30 decades."""
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
+    rng = np.random.default_rng(0)
+    values = (rng.choice([-1, 1], 5000) * 10.0 ** rng.uniform(-20, 10, 5000)).astype(dtype)
+    _, hist = _probe_rows(values, fused, monkeypatch)
+    _, exponent = np.frexp(np.abs(values))  # |x| in [2^(e-1), 2^e)
+    expected = np.bincount(np.clip(exponent - 1 + 40, -1, 54) + 2, minlength=N_HIST_BINS)
+    np.testing.assert_array_equal(hist, expected)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import gradsweep.store as store
+from gradsweep.bins import N_HIST_BINS
 from gradsweep.config import RunConfig
 from gradsweep.experiment import run_experiment
 
@@ -24,7 +25,7 @@ def test_metadata_round_trips(tmp_path: Path, frame: pd.DataFrame) -> None:
     assert meta["schema_version"] == str(store.SCHEMA_VERSION)
     assert meta["config"] == "act: sigmoid\n" and meta["device_name"] == "cpu" and meta["status"] == "ok"
     assert meta["torch_version"] and meta["version"]
-    assert len(eval(meta["hist_bins"])) == 69  # noqa: S307 - JSON list of strings
+    assert len(eval(meta["hist_bins"])) == N_HIST_BINS  # noqa: S307 - JSON list of strings
     assert store.is_complete(path)
     pd.testing.assert_frame_equal(store.read_run(path), frame)
 
