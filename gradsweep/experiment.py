@@ -236,10 +236,13 @@ class GradientFlowRun:
             self.clip_([p.grad for p in self.params])
         self.optimizer.step()
 
-    def instrumented_step(self, step: int, with_hist: bool) -> np.ndarray:
-        """Train one step; return its packed statistics, loss and clip factor after ONE device-to-host copy.
+    def instrumented_step(self, step: int, with_hist: bool) -> torch.Tensor:
+        """Train one step; return its packed statistics, loss and clip factor, on the run's device.
 
-        Unpacking into rows is left to the end of the run (`_to_frame`), out of the step loop.
+        Nothing here waits for the device: on the CPU the probe's NaN/Inf repair
+        reads the result in place, on CUDA the probe counted them on the device.
+        Copying to the host (`_HostCopies`) and unpacking into rows (`_to_frame`)
+        are left out of the step loop.
         """
         x, targets = self.batch(step)
         out, preacts = self.forward(x)
@@ -251,11 +254,12 @@ class GradientFlowRun:
         tail = [losses.detach().to(torch.float64)]
         if self.values["clip"] is not None:
             tail.append(self.clip_(param_grads).to(torch.float64))
-        host = torch.cat([packed, *tail]).cpu().numpy()
-        self.probe.repair_nonfinite(host, ordered)
+        result = torch.cat([packed, *tail])
+        if not self.probe.counts_nonfinite:
+            self.probe.repair_nonfinite(result.numpy(), ordered, self.params)
         if step < self.values["steps"]:
             self._update(param_grads)
-        return host
+        return result
 
     def replica_inits(self) -> list[tuple[int, float]]:
         """(seed, init_scale) of each stacked replica: seed + r at the configured scale."""
@@ -269,16 +273,18 @@ class GradientFlowRun:
         """
         v = self.values
         start = time.perf_counter()
-        records: list[tuple[int, bool, np.ndarray]] = []
+        logged: list[tuple[int, bool]] = []
+        copies = _HostCopies(self.device)
         for step in range(v["steps"] + 1):
             if step % v["log_every"] == 0 or step == v["steps"]:
-                with_hist = len(records) % v["hist_every"] == 0
-                records.append((step, with_hist, self.instrumented_step(step, with_hist)))
+                with_hist = len(logged) % v["hist_every"] == 0
+                copies.add(self.instrumented_step(step, with_hist))
+                logged.append((step, with_hist))
             else:
                 self.bare_step(step)
             if progress is not None:
                 progress(step + 1)
-        stats = self._to_frame(records)
+        stats = self._to_frame([(step, hist, host) for (step, hist), host in zip(logged, copies.arrays())])
         stats = attach_predictions(stats, v)
         status, diverged = _divergence(stats, self.replicas)
         stats["status"] = pd.Categorical([status[r] for r in stats["replica"]], categories=["ok", "diverged"])
@@ -345,6 +351,44 @@ class GradientFlowRun:
         )
         frame["grad_hist"] = _hist_column([hist for _, hist in unpacked], k, n_t)
         return frame
+
+
+class _HostCopies:
+    """Each logged step's packed result on its way to the host, without a sync in the step loop.
+
+    CPU results are host memory already. CUDA results are gathered FLUSH_EVERY
+    at a time into one pinned host buffer by an asynchronous copy; `arrays`
+    waits for the device once, after the loop.
+    """
+
+    FLUSH_EVERY = 256
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pending: list[torch.Tensor] = []
+        self._copies: list[tuple[torch.Tensor, list[int]]] = []
+
+    def add(self, packed: torch.Tensor) -> None:
+        self._pending.append(packed)
+        if self.device.type != "cpu" and len(self._pending) >= self.FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        sizes = [t.numel() for t in self._pending]
+        host = torch.empty(sum(sizes), dtype=torch.float64, pin_memory=True)
+        host.copy_(torch.cat(self._pending), non_blocking=True)
+        self._copies.append((host, sizes))
+        self._pending = []
+
+    def arrays(self) -> list[np.ndarray]:
+        """Host arrays of every added result, in order."""
+        if self.device.type == "cpu":
+            return [t.numpy() for t in self._pending]
+        self._flush()
+        torch.cuda.synchronize(self.device)
+        return [part.numpy() for host, sizes in self._copies for part in torch.split(host, sizes)]
 
 
 def _hist_column(hists: list[np.ndarray | None], k: int, n_t: int) -> list:

@@ -92,24 +92,37 @@ def _hist_exponent(values: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return bits.bitwise_right_shift_(mantissa_bits).clamp_(*exponent_window(bias))
 
 
-def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _moments(values: torch.Tensor, accumulate: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sum, sum of squares and centred sum of squares of each row, without full-size temporaries.
 
     Rows up to ONE_PASS_MIN_ELEMENTS use torch.var_mean (Welford, exact when
     the mean dominates the spread); larger ones, where that kernel is several
-    times slower than a plain reduction, use sumsq - sum^2/n.
+    times slower than a plain reduction, use sumsq - sum^2/n. `accumulate`
+    (float64, or None for the values' dtype) is the dtype the sums are taken in.
     """
     n = values.shape[1]
     if values.shape[0] == 1:  # whole-tensor reductions: the dim=1 kernels are up to 10x slower here
-        total = values.sum().view(1)
-        sumsq = torch.linalg.vector_norm(values).square().view(1)
+        total = values.sum(dtype=accumulate).view(1)
+        sumsq = torch.linalg.vector_norm(values, dtype=accumulate).square().view(1)
     else:
-        total = values.sum(1)
-        sumsq = torch.linalg.vector_norm(values, dim=1).square()
+        total = values.sum(1, dtype=accumulate)
+        sumsq = torch.linalg.vector_norm(values, dim=1, dtype=accumulate).square()
     if values.numel() <= ONE_PASS_MIN_ELEMENTS:
-        var, _ = torch.var_mean(values, dim=1, correction=0)
+        var, _ = torch.var_mean(values if accumulate is None else values.to(accumulate), dim=1, correction=0)
         return total, sumsq, var * n
     return total, sumsq, sumsq - total * total / n
+
+
+def _count(values: torch.Tensor) -> torch.Tensor:
+    """Nonzero elements of each row of a (K, n) tensor, as (K,)."""
+    return torch.count_nonzero(values, dim=1) if values.shape[0] > 1 else torch.count_nonzero(values).view(1)
+
+
+def _exact_moments(row: np.ndarray, prefix: str, values: torch.Tensor) -> None:
+    """Sum, sum of squares and centred sum of squares of float64 `values` into a host stats row."""
+    row[S[f"{prefix}_sum"]] = values.sum().item()
+    row[S[f"{prefix}_sumsq"]] = (values * values).sum().item()
+    row[S[f"{prefix}_m2"]] = ((values - values.mean()) ** 2).sum().item()
 
 
 def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n_inf: np.ndarray) -> None:
@@ -169,22 +182,27 @@ class _FusedBuffers:
 class GradientProbe:
     """Reduces a fixed list of tensors to one packed float64 device tensor per logged step.
 
-    `measure` does the device work and returns the packed tensor; the caller
-    copies it to the host once, calls `repair_nonfinite` while the gradients
-    are alive, and `unpack` later turns it into (K, T, stats) and (K, T, bins)
-    arrays with numpy. NaN and Inf counts come from `repair_nonfinite`: a
-    tensor whose sum is finite holds neither, so the fast path never counts them.
+    `measure` does the device work and returns the packed tensor; `unpack`
+    later turns its host copy into (K, T, stats) and (K, T, bins) arrays with
+    numpy. NaN and Inf counts are found one of two ways. On the CPU, unless
+    `counts_nonfinite` is set, `repair_nonfinite` counts them on the host
+    while the gradients are alive, only for tensors whose sum is not finite, so
+    the fast path never counts them. On CUDA they are counted on the device at
+    every logged step and sums accumulate in float64, so nothing waits for the
+    host and the copy can be deferred to the end of the run.
     """
 
-    def __init__(self, specs: list[TensorSpec], replicas: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, specs: list[TensorSpec], replicas: int, device: torch.device, dtype: torch.dtype,
+                 counts_nonfinite: bool = False) -> None:
         self.specs = specs
         self.replicas = replicas
         self.device = device
+        self.counts_nonfinite = counts_nonfinite or device.type != "cpu"
         self.param_index = [i for i, s in enumerate(specs) if s.is_param]
         self._n_grad = sum(s.numel for s in specs)
         self.fused = replicas * self._n_grad <= FUSED_MAX_ELEMENTS
         n_t = len(specs)
-        self.on_host = self.fused and HOST_REDUCTIONS and device.type == "cpu"
+        self.on_host = self.fused and HOST_REDUCTIONS and device.type == "cpu" and not self.counts_nonfinite
         sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
         if self.on_host:
             self._host = _HostLayout.build(sizes, replicas, n_t)
@@ -230,27 +248,34 @@ class GradientProbe:
         rest = packed[n_stats:]
         if self.fused:
             n_seg = n_t + len(self.param_index)
-            sums, m2, hi, lo, zeros = (a.reshape(k, n_seg) for a in np.split(rest[: 5 * k * n_seg], 5))
+            n_blocks = 7 if self.counts_nonfinite else 5
+            blocks = [a.reshape(k, n_seg) for a in np.split(rest[: n_blocks * k * n_seg], n_blocks)]
+            sums, m2, hi, lo, zeros = blocks[:5]
             numel = np.array([s.numel for s in self.specs] + [self.specs[i].numel for i in self.param_index])
             for name, values in (("sum", sums), ("sumsq", m2 + sums**2 / numel), ("m2", m2)):
                 stats[..., S[f"grad_{name}"]] = values[:, :n_t]
                 stats[:, self.param_index, S[f"param_{name}"]] = values[:, n_t:]
             stats[..., S["grad_max"]], stats[..., S["grad_min"]] = hi[:, :n_t], lo[:, :n_t]
             stats[..., S["grad_n_zero"]] = zeros[:, :n_t]
-            rest = rest[5 * k * n_seg:]
+            if self.counts_nonfinite:
+                stats[..., S["grad_n_nan"]], stats[..., S["grad_n_inf"]] = blocks[5][:, :n_t], blocks[6][:, :n_t]
+            rest = rest[n_blocks * k * n_seg:]
         if not with_hist:
             return stats, None
         hist = rest.reshape(k, n_t, N_HIST_BINS).astype(np.int64)
         _fix_special_bins(hist, *(stats[..., S[f"grad_n_{c}"]] for c in ("zero", "nan", "inf")))
         return stats, hist
 
-    def repair_nonfinite(self, packed: np.ndarray, grads: list[torch.Tensor]) -> None:
+    def repair_nonfinite(self, packed: np.ndarray, grads: list[torch.Tensor], params: list[torch.Tensor]) -> None:
         """Exact float64 sums and NaN/Inf counts, in place, for every tensor whose sum is not finite.
 
         Runs on the host copy of `measure`'s output while `grads` are still alive.
-        Reductions in float32 also overflow for |g| > ~1e19, and those rows are
-        recomputed here too; rows with finite sums hold no NaN or Inf.
+        Reductions in float32 also overflow for |x| > ~1e19, in a gradient or a
+        parameter, and those rows are recomputed here too; rows with finite sums
+        hold no NaN or Inf. A probe that counts on the device has nothing to repair.
         """
+        if self.counts_nonfinite:
+            return
         k, n_t = self.replicas, len(self.specs)
         if self.fused:
             n_seg = n_t + len(self.param_index)
@@ -260,15 +285,18 @@ class GradientProbe:
         else:
             stats = self._stats_block(packed)
             bad = ~np.isfinite(stats[..., S["grad_sum"]]) | ~np.isfinite(stats[..., S["grad_sumsq"]])
+            bad_param = ~np.isfinite(stats[..., S["param_sum"]]) | ~np.isfinite(stats[..., S["param_sumsq"]])
+            bad_param[:, [i for i in range(n_t) if i not in self.param_index]] = False
+            for r, t in zip(*np.nonzero(bad_param)):
+                p = params[self.param_index.index(t)].reshape(k, -1)[r].to(torch.float64)
+                _exact_moments(stats[r, t], "param", p)
         for r, t in zip(*np.nonzero(bad)):
             g = grads[t].reshape(k, -1)[r].to(torch.float64)
             row = self._stats_block(packed)[r, t]
             row[S["grad_n_nan"]] = torch.isnan(g).sum().item()
             row[S["grad_n_inf"]] = torch.isinf(g).sum().item()
             if not self.fused:
-                row[S["grad_sum"]] = g.sum().item()
-                row[S["grad_sumsq"]] = (g * g).sum().item()
-                row[S["grad_m2"]] = ((g - g.mean()) ** 2).sum().item()
+                _exact_moments(row, "grad", g)
 
     def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
         """All tensors in one float64 buffer, reduced by segment: a fixed, small number of ops.
@@ -285,9 +313,12 @@ class GradientProbe:
         m2 = torch.segment_reduce(centered.mul_(centered), "sum", lengths=self._lengths, axis=1)
         hi = self._extremes[0].scatter_reduce_(1, self._segment, flat, "amax", include_self=False)
         lo = self._extremes[1].scatter_reduce_(1, self._segment, flat, "amin", include_self=False)
-        is_zero = w.tmp.copy_(torch.eq(flat, 0, out=w.mask))
-        zeros = torch.segment_reduce(is_zero, "sum", lengths=self._lengths, axis=1)
-        parts = [self._no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1), zeros.view(-1)]
+        counts = [torch.eq(flat, 0, out=w.mask)]
+        if self.counts_nonfinite:
+            counts += [torch.isnan(flat), torch.isinf(flat)]
+        parts = [self._no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1)]
+        for mask in counts:
+            parts.append(torch.segment_reduce(w.tmp.copy_(mask), "sum", lengths=self._lengths, axis=1).view(-1))
         if with_hist:
             index = _hist_exponent(flat[:, : self._n_grad], w.bits).add_(self._hist_base)
             parts.append(_bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64))
@@ -317,6 +348,7 @@ class GradientProbe:
     def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
         """Per-tensor reductions that write no full-size temporaries: bandwidth-bound tensors."""
         k = self.replicas
+        accumulate = torch.float64 if self.counts_nonfinite else None
         rows = []
         hists = []
         param_iter = iter(params)
@@ -324,16 +356,17 @@ class GradientProbe:
             g2 = g.reshape(k, -1)
             n = g2.shape[1]
             lo, hi = torch.aminmax(g2, dim=1) if k > 1 else (t.view(1) for t in torch.aminmax(g2))
-            gsum, gsq, gm2 = _moments(g2)
-            zeros = n - (torch.count_nonzero(g2, dim=1) if k > 1 else torch.count_nonzero(g2).view(1))
+            gsum, gsq, gm2 = _moments(g2, accumulate)
+            zeros = n - _count(g2)
             if spec.is_param:
-                psum, psq, pm2 = _moments(next(param_iter).reshape(k, -1))
+                psum, psq, pm2 = _moments(next(param_iter).reshape(k, -1), accumulate)
             else:
-                psum = psq = pm2 = torch.full((k,), math.nan, dtype=g.dtype, device=g.device)
-            no_count = torch.zeros_like(gsum)
-            rows.append(torch.stack(
-                [gsum, gsq, gm2, lo, hi, zeros.to(g.dtype), no_count, no_count, psum, psq, pm2], -1,
-            ))
+                psum = psq = pm2 = torch.full((k,), math.nan, dtype=gsum.dtype, device=g.device)
+            if self.counts_nonfinite:
+                n_nan, n_inf = _count(torch.isnan(g2)), _count(torch.isinf(g2))
+            else:
+                n_nan = n_inf = torch.zeros_like(gsum)
+            rows.append(torch.stack([gsum, gsq, gm2, lo, hi, zeros, n_nan, n_inf, psum, psq, pm2], -1))
             if with_hist:
                 index = _hist_exponent(g2, self._scratch[: g2.numel()]).add_(self._hist_offset)
                 hists.append(_bin_counts(index.view(-1), k * N_HIST_BINS))

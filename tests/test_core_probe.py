@@ -89,13 +89,50 @@ def test_fused_and_per_tensor_paths_agree(fused_in: str, monkeypatch: pytest.Mon
         np.testing.assert_array_equal(a, b)
 
 
-def _probe_rows(values: np.ndarray, fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+COUNTING = ["numpy", "torch", "device"]  # fused path in numpy or torch, NaN/Inf counted on the host; or on the device
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("overrides", [
+    {"act": "relu", "batchnorm": True, "replicas": 3, "steps": 4, "clip": 0.5},
+    {"act": "identity", "init": "normal", "init_scale": 5.0, "depth": 20, "steps": 3, "dtype": "float32"},
+])
+def test_counting_on_the_device_equals_the_host_repair(fused: bool, overrides: dict,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA way (NaN/Inf counted at every step, float64 sums) and the CPU way give the same rows."""
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 1 << 20 if fused else 0)
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", False)
+    cfg = {**run_values(RunConfig()), **overrides}
+    on_host = run_experiment(cfg).stats
+    run = GradientFlowRun(cfg)
+    run.probe = GradientProbe(run.specs, run.replicas, run.device, run.dtype, counts_nonfinite=True)
+    on_device = run.run().stats
+    for column in ("grad_n_nan", "grad_n_inf", "grad_frac_zero", "grad_min", "grad_max", "status"):
+        assert on_device[column].equals(on_host[column]), column
+    for a, b in zip(on_device["grad_hist"], on_host["grad_hist"]):
+        np.testing.assert_array_equal(a, b)
+    for column in ("grad_norm", "param_norm", "loss"):
+        np.testing.assert_allclose(on_device[column], on_host[column], rtol=1e-5, atol=1e-30)
+    scale = on_host["grad_norm"] / np.sqrt(on_host["numel"]) + 1e-30  # float64 sums are the more exact ones
+    for column in ("grad_mean", "grad_std"):
+        device_values, host_values = on_device[column].to_numpy(), on_host[column].to_numpy()
+        finite = np.isfinite(host_values)
+        assert (np.isfinite(device_values) == finite).all()
+        np.testing.assert_array_less(np.abs(device_values - host_values)[finite] / scale[finite], 1e-4)
+    if overrides["act"] == "identity":
+        assert (on_host["status"] == "diverged").all() and on_host["grad_n_inf"].sum() + on_host["grad_n_nan"].sum() > 0
+
+
+def _probe_rows(values: np.ndarray, fused: bool, counting: str,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+    monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 1 << 20 if fused else 0)
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", counting == "numpy")
     g = torch.from_numpy(np.asarray(values)[None, :])
     p = torch.ones_like(g)
-    probe = GradientProbe([TensorSpec(0, "weight", g.shape[1], True)], 1, torch.device("cpu"), g.dtype)
+    spec = TensorSpec(0, "weight", g.shape[1], True)
+    probe = GradientProbe([spec], 1, torch.device("cpu"), g.dtype, counts_nonfinite=counting == "device")
     packed = probe.measure([g], [p], with_hist=True).numpy()
-    probe.repair_nonfinite(packed, [g])
+    probe.repair_nonfinite(packed, [g], [p])
     stats, hist = probe.unpack(packed, with_hist=True)
     return stats[0, 0], hist[0, 0]
 
@@ -106,17 +143,16 @@ def _negative_nan(dtype: type) -> np.generic:
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("host", [True, False])
+@pytest.mark.parametrize("counting", COUNTING)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_histogram_bins_and_nonfinite_counts(fused: bool, host: bool, dtype: type,
+def test_histogram_bins_and_nonfinite_counts(fused: bool, counting: str, dtype: type,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
     below = lambda x: np.nextafter(dtype(x), dtype(0))  # noqa: E731 - the largest float under a bin edge
     values = np.array([
         0.0, -0.0, np.finfo(dtype).smallest_subnormal, below(2.0**-40), 2.0**-40, -3e-3, 0.5, below(1.0),
         -1.0, below(2.0**14), 2.0**14, -5e30, math.nan, _negative_nan(dtype), math.inf, -math.inf,
     ], dtype=dtype)
-    stats, hist = _probe_rows(values, fused, monkeypatch)
+    stats, hist = _probe_rows(values, fused, counting, monkeypatch)
     labels = dict(zip(HIST_BIN_LABELS, hist))
     assert len(hist) == N_HIST_BINS == 59
     assert labels["zero"] == 2 and labels["underflow"] == 2
@@ -131,25 +167,24 @@ def test_histogram_bins_and_nonfinite_counts(fused: bool, host: bool, dtype: typ
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("host", [True, False])
+@pytest.mark.parametrize("counting", COUNTING)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_histogram_matches_frexp_binades(fused: bool, host: bool, dtype: type,
+def test_histogram_matches_frexp_binades(fused: bool, counting: str, dtype: type,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Every finite nonzero element lands in the binade numpy's frexp gives it, over 30 decades."""
-    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
     rng = np.random.default_rng(0)
     values = (rng.choice([-1, 1], 5000) * 10.0 ** rng.uniform(-20, 10, 5000)).astype(dtype)
-    _, hist = _probe_rows(values, fused, monkeypatch)
+    _, hist = _probe_rows(values, fused, counting, monkeypatch)
     _, exponent = np.frexp(np.abs(values))  # |x| in [2^(e-1), 2^e)
     expected = np.bincount(np.clip(exponent - 1 + 40, -1, 54) + 2, minlength=N_HIST_BINS)
     np.testing.assert_array_equal(hist, expected)
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("host", [True, False])
-def test_float32_overflow_of_the_norm_is_recomputed_exactly(fused: bool, host: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", host)
-    stats, _ = _probe_rows([1e26] * 400, fused, monkeypatch)
+@pytest.mark.parametrize("counting", COUNTING)
+def test_float32_overflow_of_the_norm_is_exact(fused: bool, counting: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """|g| = 1e26 overflows a float32 sum of squares: the host recomputes the row, the device accumulates in float64."""
+    stats, _ = _probe_rows(np.full(400, 1e26, dtype=np.float32), fused, counting, monkeypatch)
     assert math.sqrt(stats[probe_module.S["grad_sumsq"]]) == pytest.approx(2e27, rel=1e-6)
     assert stats[probe_module.S["grad_n_inf"]] == 0
 
