@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from gradsweep.bins import HIST_LOG10_STEP, HIST_REGULAR_EDGES, N_HIST_BINS  # noqa: E402
+from gradsweep.bins import HIST_LOG10_STEP, HIST_REGULAR_EDGES, HIST_OVERFLOW, HIST_UNDERFLOW, HIST_ZERO, N_HIST_BINS  # noqa: E402
 from gradsweep.store import CONFIG_COLUMNS, RunSet  # noqa: E402
 
 AXIS_PRIORITY = ("act", "depth", "init_scale", "width", "init", "batchnorm", "clip", "output_act", "bias_init",
@@ -135,10 +135,12 @@ def histograms(counts: pd.DataFrame) -> plt.Figure:
     centers = HIST_REGULAR_EDGES[:-1] + HIST_LOG10_STEP / 2
     frame = counts.copy()
     frame["fraction"] = frame["count"] / frame.groupby("act")["count"].transform("sum")
-    regular = frame[(frame["bin"] >= 2) & (frame["bin"] < N_HIST_BINS - 3)].copy()
-    regular["log10|g|"] = centers[regular["bin"] - 2]
-    zero = frame[frame["bin"] == 0].set_index("act")["fraction"]
-    regular["activation"] = regular["act"].map(lambda a: f"{a} (exact zeros {zero[a]:.1%})")
+    regular = frame[(frame["bin"] > HIST_UNDERFLOW) & (frame["bin"] < HIST_OVERFLOW)].copy()
+    regular["log10|g|"] = centers[regular["bin"] - HIST_UNDERFLOW - 1]
+    zero = frame[frame["bin"] == HIST_ZERO].set_index("act")["fraction"]
+    under = frame[frame["bin"] == HIST_UNDERFLOW].set_index("act")["fraction"]
+    regular["activation"] = regular["act"].map(
+        lambda a: f"{a} (exact zeros {zero[a]:.1%}, below 2^-40 {under[a]:.1%})")
     fig, ax = plt.subplots(figsize=(9, 4), constrained_layout=True)
     sns.lineplot(data=regular, x="log10|g|", y="fraction", hue="activation", drawstyle="steps-mid", ax=ax)
     ax.set(xlabel="log10 |weight gradient| at step 0", ylabel="fraction of elements per binade",
