@@ -44,6 +44,16 @@ def test_seed_makes_init_reproducible_and_leaves_global_rng_alone() -> None:
     assert not torch.equal(a[0].weight, build_mlp(seed=8)[0].weight)
 
 
+def test_seeded_network_is_the_exercise_network_after_torch_manual_seed() -> None:
+    """build_mlp(seed=42) holds exactly the weights of the exercise's code after torch.manual_seed(42)."""
+    torch.manual_seed(42)
+    exercise = nn.Sequential(*[m for i in range(5) for m in (nn.Linear(10 if i == 0 else 20, 1 if i == 4 else 20),
+                                                             nn.Sigmoid())])
+    ours = build_mlp(act="sigmoid", depth=5, width=20, in_features=10, out_features=1, seed=42)
+    assert [type(m) for m in ours] == [type(m) for m in exercise]
+    assert all(torch.equal(p, q) for p, q in zip(ours.parameters(), exercise.parameters()))
+
+
 def test_bias_init_zeros_and_default() -> None:
     assert torch.count_nonzero(build_mlp(bias_init="zeros", seed=0)[0].bias) == 0
     bias = build_mlp(bias_init="default", seed=0, width=2000)[0].bias

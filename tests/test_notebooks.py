@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jupytext
@@ -35,7 +36,8 @@ def test_exercise_notebook_agrees_with_run_files(sweep_dir: Path, monkeypatch: p
     for config in ("{'act': 'sigmoid', 'batchnorm': False, 'clip': None}", "{'act': 'tanh', 'batchnorm': False, 'clip': None}",
                    "{'act': 'sigmoid', 'batchnorm': True, 'clip': None}"):
         assert f"{config}: compared with {sweep_dir}/" in text
-    assert "last / first (input side / output side) = 5.10" in text
+    ratio = float(re.search(r"last / first \(input side / output side\) = (\S+)", text).group(1))
+    assert ratio < 0.01  # the exercise's vanishing criterion; the values themselves are checked against the run files
 
 
 def test_sweep_explorer_draws_the_report_figures(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
