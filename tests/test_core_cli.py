@@ -56,10 +56,18 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(cli, tmp_path: Path
     assert not list(sweep.glob("*/grad_stats.parquet"))
 
 
-def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["depth=5,0"], "depth=0 is invalid"),
+    (["depth=5,abc"], "depth=abc"),  # jobs after the first share its composition: Hydra's type check still runs
+    (["act=sigmoid,foo", "width=8,16"], "'foo'"),
+    (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
+])
+def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(cli, tmp_path: Path, overrides: list,
+                                                                   needle: str) -> None:
     sweep = tmp_path / "sweep"
-    result = cli("-m", "depth=5,0", f"hydra.sweep.dir={sweep}")
-    assert result.returncode != 0 and "depth=0 is invalid" in result.stderr
+    result = cli("-m", *overrides, f"hydra.sweep.dir={sweep}")
+    assert result.returncode != 0 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
     assert not list(sweep.glob("*/grad_stats.parquet"))
 
 

@@ -4,7 +4,11 @@ A basic sweeper that
 - checks every job's values before the first job starts: Hydra already
   rejects unknown keys and bad choices while composing each job; this adds
   the numeric ranges of `gradsweep.config.validate`, so that `depth=5,0`
-  fails at once instead of after the first run;
+  fails at once instead of after the first run. Composition is Hydra's main
+  per-job cost, so jobs that differ only in plain `key=value` overrides share
+  one composed config, and their values are applied to a typed copy of its
+  app part by Hydra's own override code, which raises the errors composition
+  would (unknown key, wrong type, bad choice);
 - optionally packs configurations that differ only in seed / init_scale into
   replica groups (`hydra.sweeper.group_size`), one stacked job per group that
   still writes one run dir and parquet file per configuration;
@@ -13,18 +17,21 @@ A basic sweeper that
   non-zero (BasicSweeper stops at the first failed job of a batch).
 """
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradsweep.config import ConfigValueError, validate
 from gradsweep.groups import GROUP_ENV, POSITION_ENV, JobPlan, encode_members, member_config, plan_groups
@@ -45,14 +52,38 @@ class ValidatingSweeper(BasicSweeper):
         self.group_size = group_size
         self.plans: List[JobPlan] = []
         self._members: Dict[tuple, List[List[str]]] = {}
+        self._composed: Dict[tuple, DictConfig] = {}
+
+    def _is_plain_value(self, override: Override) -> bool:
+        """`key=value` on the app config: no config group, no hydra key, no +/~, no sweep."""
+        assert self.hydra_context is not None
+        repository = self.hydra_context.config_loader.repository  # type: ignore[attr-defined]
+        return (override.type == OverrideType.CHANGE and override.value_type == ValueType.ELEMENT
+                and override.package is None and not override.is_hydra_override()
+                and not repository.group_exists(override.key_or_group))
+
+    def _job_config(self, overrides: Sequence[str]) -> DictConfig:
+        """The app config (no `hydra` node) of one job, composing only for a new set of structural overrides."""
+        assert self.hydra_context is not None and self.config is not None
+        loader = self.hydra_context.config_loader
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
+        values = [o for o in parsed if self._is_plain_value(o)]
+        # hydra.job.env_set.* (each job's position and group) cannot change the app config
+        structural = tuple(o.input_line for o in parsed
+                           if not self._is_plain_value(o) and not o.key_or_group.startswith("hydra.job.env_set."))
+        if structural not in self._composed:
+            app = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(structural))
+            with open_dict(app):
+                del app["hydra"]
+            self._composed[structural] = app
+        job_cfg = copy.deepcopy(self._composed[structural])
+        ConfigLoaderImpl._apply_overrides_to_config(values, job_cfg)
+        return job_cfg
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Compose each job once; range-check it and every replica-group member it carries."""
-        assert self.hydra_context is not None and self.config is not None
+        """Range-check each job and every replica-group member it carries, before any job runs."""
         for overrides in batch:
-            job_cfg = self.hydra_context.config_loader.load_sweep_config(
-                master_config=self.config, sweep_overrides=list(overrides)
-            )
+            job_cfg = self._job_config(overrides)
             members = self._members.get(tuple(overrides), [])
             for cfg, member in [(job_cfg, None)] + [(member_config(job_cfg, m), m) for m in members]:
                 try:
