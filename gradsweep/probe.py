@@ -52,6 +52,11 @@ S = {name: i for i, name in enumerate(STAT_COLUMNS)}
 ONE_PASS_MIN_ELEMENTS = 1 << 12
 HOST_REDUCTIONS = True  # fused path in numpy when the tensors are in host memory (the torch version serves CUDA)
 FUSED_MAX_ELEMENTS = 1 << 16  # above it, dense per-tensor reductions beat segment ops (measured)
+# Same-sized tensors are stacked and reduced together, up to this many elements a stack. On CUDA nearly
+# all are: each op is a kernel launch, and a 1024 x 20 network's ~60 tensors would cost ~1,000 launches a
+# step. On the CPU a stack is a copy, and one replica's large tensors reduce faster alone (whole-tensor
+# kernels), so there only replicated or small (<= ONE_PASS_MIN_ELEMENTS) tensors are stacked (measured).
+STACK_MAX_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,35 @@ class TensorSpec:
     tensor: str
     numel: int
     is_param: bool
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """Specs of equal size (all parameters or all dL/dz) reduced as one (K, G, n) tensor."""
+
+    specs: list[int]
+    params: list[int]
+    hist_offset: torch.Tensor
+
+
+def _plan_stacks(specs: list[TensorSpec], replicas: int, cap: int,
+                 alone_above: int | None) -> list[tuple[list[int], list[int]]]:
+    """(spec indices, param indices) of each stack: same numel and kind, at most `cap` elements a stack.
+
+    With `alone_above`, a tensor of one replica larger than that is a stack of its own.
+    """
+    param_pos = {i: n for n, i in enumerate(i for i, s in enumerate(specs) if s.is_param)}
+    open_stacks: dict[tuple[int, bool], list[int]] = {}
+    stacks: list[list[int]] = []
+    for i, spec in enumerate(specs):
+        key = (spec.numel, spec.is_param)
+        current = open_stacks.get(key)
+        alone = alone_above is not None and replicas == 1 and spec.numel > alone_above
+        if current is None or alone or replicas * spec.numel * (len(current) + 1) > cap:
+            current = open_stacks[key] = []
+            stacks.append(current)
+        current.append(i)
+    return [(stack, [param_pos[i] for i in stack if i in param_pos]) for stack in stacks]
 
 
 def _bin_counts(index: torch.Tensor, size: int, add: bool | None = None) -> torch.Tensor:
@@ -92,30 +126,42 @@ def _hist_exponent(values: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return bits.bitwise_right_shift_(mantissa_bits).clamp_(*exponent_window(bias))
 
 
-def _moments(values: torch.Tensor, accumulate: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sum, sum of squares and centred sum of squares of each row, without full-size temporaries.
+def _single(values: torch.Tensor) -> bool:
+    """One row: whole-tensor reductions, several times faster than the dim=-1 kernels on one row."""
+    return values.shape[0] * values.shape[1] == 1
 
-    Rows up to ONE_PASS_MIN_ELEMENTS use torch.var_mean (Welford, exact when
-    the mean dominates the spread); larger ones, where that kernel is several
-    times slower than a plain reduction, use sumsq - sum^2/n. `accumulate`
-    (float64, or None for the values' dtype) is the dtype the sums are taken in.
+
+def _moments(values: torch.Tensor, accumulate: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum, sum of squares and centred sum of squares of each row of (K, G, n), as (K, G), without full-size temporaries.
+
+    Tensors of up to ONE_PASS_MIN_ELEMENTS (K x n) use torch.var_mean (Welford,
+    exact when the mean dominates the spread); larger ones, where that kernel
+    is several times slower than a plain reduction, use sumsq - sum^2/n.
+    `accumulate` (float64, or None for the values' dtype) is the dtype the sums are taken in.
     """
-    n = values.shape[1]
-    if values.shape[0] == 1:  # whole-tensor reductions: the dim=1 kernels are up to 10x slower here
-        total = values.sum(dtype=accumulate).view(1)
-        sumsq = torch.linalg.vector_norm(values, dtype=accumulate).square().view(1)
+    n = values.shape[2]
+    if _single(values):
+        total = values.sum(dtype=accumulate).view(1, 1)
+        sumsq = torch.linalg.vector_norm(values, dtype=accumulate).square().view(1, 1)
     else:
-        total = values.sum(1, dtype=accumulate)
-        sumsq = torch.linalg.vector_norm(values, dim=1, dtype=accumulate).square()
-    if values.numel() <= ONE_PASS_MIN_ELEMENTS:
-        var, _ = torch.var_mean(values if accumulate is None else values.to(accumulate), dim=1, correction=0)
+        total = values.sum(-1, dtype=accumulate)
+        sumsq = torch.linalg.vector_norm(values, dim=-1, dtype=accumulate).square()
+    if values.shape[0] * n <= ONE_PASS_MIN_ELEMENTS:
+        var, _ = torch.var_mean(values if accumulate is None else values.to(accumulate), dim=-1, correction=0)
         return total, sumsq, var * n
     return total, sumsq, sumsq - total * total / n
 
 
 def _count(values: torch.Tensor) -> torch.Tensor:
-    """Nonzero elements of each row of a (K, n) tensor, as (K,)."""
-    return torch.count_nonzero(values, dim=1) if values.shape[0] > 1 else torch.count_nonzero(values).view(1)
+    """Nonzero elements of each row of a (K, G, n) tensor, as (K, G)."""
+    return torch.count_nonzero(values).view(1, 1) if _single(values) else torch.count_nonzero(values, dim=-1)
+
+
+def _extremes(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of each row of a (K, G, n) tensor, as (K, G) each."""
+    if _single(values):
+        return tuple(t.view(1, 1) for t in torch.aminmax(values))  # type: ignore[return-value]
+    return torch.aminmax(values, dim=-1)
 
 
 def _exact_moments(row: np.ndarray, prefix: str, values: torch.Tensor) -> None:
@@ -219,9 +265,18 @@ class GradientProbe:
         else:
             int_dtype, _, bias = _FLOAT_BITS[dtype]
             lo, _ = exponent_window(bias)
-            rows = torch.arange(replicas, dtype=int_dtype, device=device)[:, None]
-            self._hist_offset = rows * N_HIST_BINS + HIST_UNDERFLOW - lo  # the bits' dtype: mixed adds are 100x slower
-            self._scratch = torch.empty(replicas * max(s.numel for s in specs), dtype=dtype, device=device)
+            rows = torch.arange(replicas, dtype=int_dtype, device=device)[:, None, None] * n_t
+            self._stacks = []
+            cap = STACK_MAX_ELEMENTS.get(device.type, STACK_MAX_ELEMENTS["cuda"])
+            alone_above = ONE_PASS_MIN_ELEMENTS if device.type == "cpu" else None
+            for stack, stack_params in _plan_stacks(specs, replicas, cap, alone_above):
+                tensors = torch.tensor(stack, dtype=int_dtype, device=device)[None, :, None]
+                offset = (rows + tensors) * N_HIST_BINS + HIST_UNDERFLOW - lo  # the bits' dtype: mixed adds are 100x slower
+                self._stacks.append(_Stack(stack, stack_params, offset))
+            order = [i for stack in self._stacks for i in stack.specs]
+            self._spec_order = torch.tensor(np.argsort(order), device=device)
+            largest = max(replicas * len(st.specs) * specs[st.specs[0]].numel for st in self._stacks)
+            self._scratch = torch.empty(largest, dtype=dtype, device=device)
 
     @torch.no_grad()
     def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
@@ -346,32 +401,38 @@ class GradientProbe:
         return np.concatenate(parts).astype(np.float64, copy=False)
 
     def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
-        """Per-tensor reductions that write no full-size temporaries: bandwidth-bound tensors."""
-        k = self.replicas
+        """Reductions along the last dim of each stack of same-sized tensors, writing no full-size temporaries."""
+        k, n_t = self.replicas, len(self.specs)
         accumulate = torch.float64 if self.counts_nonfinite else None
         rows = []
-        hists = []
-        param_iter = iter(params)
-        for spec, g in zip(self.specs, grads):
-            g2 = g.reshape(k, -1)
-            n = g2.shape[1]
-            lo, hi = torch.aminmax(g2, dim=1) if k > 1 else (t.view(1) for t in torch.aminmax(g2))
-            gsum, gsq, gm2 = _moments(g2, accumulate)
-            zeros = n - _count(g2)
-            if spec.is_param:
-                psum, psq, pm2 = _moments(next(param_iter).reshape(k, -1), accumulate)
+        hist = torch.zeros(k * n_t * N_HIST_BINS, dtype=torch.int64, device=self.device) if with_hist else None
+        for stack in self._stacks:
+            g = _stacked([grads[i] for i in stack.specs], k)
+            n = g.shape[2]
+            lo, hi = _extremes(g)
+            gsum, gsq, gm2 = _moments(g, accumulate)
+            zeros = n - _count(g)
+            if stack.params:
+                psum, psq, pm2 = _moments(_stacked([params[i] for i in stack.params], k), accumulate)
             else:
-                psum = psq = pm2 = torch.full((k,), math.nan, dtype=gsum.dtype, device=g.device)
+                psum = psq = pm2 = torch.full_like(gsum, math.nan)
             if self.counts_nonfinite:
-                n_nan, n_inf = _count(torch.isnan(g2)), _count(torch.isinf(g2))
+                n_nan, n_inf = _count(torch.isnan(g)), _count(torch.isinf(g))
             else:
                 n_nan = n_inf = torch.zeros_like(gsum)
             rows.append(torch.stack([gsum, gsq, gm2, lo, hi, zeros, n_nan, n_inf, psum, psq, pm2], -1))
-            if with_hist:
-                index = _hist_exponent(g2, self._scratch[: g2.numel()]).add_(self._hist_offset)
-                hists.append(_bin_counts(index.view(-1), k * N_HIST_BINS))
-        parts = [torch.stack(rows, 1).view(-1).to(torch.float64)]
-        if with_hist:
-            by_replica = torch.stack(hists).view(len(self.specs), k, N_HIST_BINS).transpose(0, 1)
-            parts.append(by_replica.reshape(-1).to(torch.float64))
+            if hist is not None:
+                index = _hist_exponent(g, self._scratch[: g.numel()]).add_(stack.hist_offset)
+                hist += _bin_counts(index.view(-1), k * n_t * N_HIST_BINS)
+        stats = torch.cat(rows, 1).index_select(1, self._spec_order)
+        parts = [stats.reshape(-1).to(torch.float64)]
+        if hist is not None:
+            parts.append(hist.to(torch.float64))
         return torch.cat(parts)
+
+
+def _stacked(tensors: list[torch.Tensor], replicas: int) -> torch.Tensor:
+    """(K, G, n) from G tensors of K x n elements: a view for one tensor, a copy for several."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(replicas, 1, -1)
+    return torch.stack([t.reshape(replicas, -1) for t in tensors], 1)

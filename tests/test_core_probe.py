@@ -70,12 +70,14 @@ def test_statistics_match_reference_sequential(overrides: dict) -> None:
         assert row.numel == g.numel()
 
 
-@pytest.mark.parametrize("fused_in", ["numpy", "torch"])
-def test_fused_and_per_tensor_paths_agree(fused_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("fused_in", "stack_cap"), [("numpy", 1 << 16), ("torch", 0), ("numpy", 1 << 26)])
+def test_fused_and_per_tensor_paths_agree(fused_in: str, stack_cap: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-tensor path, each tensor alone (cap 0), small ones stacked (the CPU's) or all stacked (CUDA's)."""
     cfg = {**run_values(RunConfig()), "act": "relu", "batchnorm": True, "replicas": 3, "steps": 4, "clip": 0.5}
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", fused_in == "numpy")
     fused = run_experiment(cfg).stats
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 0)
+    monkeypatch.setitem(probe_module.STACK_MAX_ELEMENTS, "cpu", stack_cap)
     per_tensor = run_experiment(cfg).stats
     scale = fused["grad_norm"] / np.sqrt(fused["numel"]) + 1e-30
     for column in ("grad_norm", "grad_norm_clipped", "grad_max", "grad_min", "param_norm", "total_grad_norm", "loss"):
@@ -187,6 +189,18 @@ def test_float32_overflow_of_the_norm_is_exact(fused: bool, counting: str, monke
     stats, _ = _probe_rows(np.full(400, 1e26, dtype=np.float32), fused, counting, monkeypatch)
     assert math.sqrt(stats[probe_module.S["grad_sumsq"]]) == pytest.approx(2e27, rel=1e-6)
     assert stats[probe_module.S["grad_n_inf"]] == 0
+
+
+def test_stacks_group_same_sized_tensors_of_one_kind_up_to_the_cap() -> None:
+    specs = [TensorSpec(0, "weight", 200, True), TensorSpec(0, "bias", 20, True), TensorSpec(0, "preact", 640, False),
+             TensorSpec(1, "weight", 400, True), TensorSpec(1, "bias", 20, True), TensorSpec(1, "preact", 640, False),
+             TensorSpec(2, "weight", 400, True), TensorSpec(2, "bias", 20, True), TensorSpec(2, "preact", 640, False)]
+    assert probe_module._plan_stacks(specs, 2, 1 << 16, None) == [
+        ([0], [0]), ([1, 4, 7], [1, 3, 5]), ([2, 5, 8], []), ([3, 6], [2, 4])]
+    assert probe_module._plan_stacks(specs, 2, 2 * 640 * 2, None) == [
+        ([0], [0]), ([1, 4, 7], [1, 3, 5]), ([2, 5], []), ([3, 6], [2, 4]), ([8], [])]
+    one_replica = probe_module._plan_stacks(specs, 1, 1 << 16, 300)  # one replica's tensors above 300 stand alone
+    assert one_replica == [([0], [0]), ([1, 4, 7], [1, 3, 5]), ([2], []), ([3], [2]), ([5], []), ([6], [4]), ([8], [])]
 
 
 def test_bin_counts_without_bincount_equal_bincount() -> None:
