@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
 from gradsweep.experiment import GradientFlowRun, _HostCopies
 from gradsweep.store import RunSet, read_sweep
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
+    keep_freed_memory()  # as in gradsweep's task
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this check needs CUDA (torch.cuda.is_available() is False); --device cpu checks the script")
     args.out.mkdir(parents=True, exist_ok=True)

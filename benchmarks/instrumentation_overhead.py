@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
 from gradsweep.experiment import GradientFlowRun
 
@@ -58,8 +59,12 @@ def measure(overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (gradsweep's task tunes it: gradsweep/allocator.py)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} blocks")
+    tuned = not args.default_malloc and keep_freed_memory()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} blocks, "
+          f"malloc {'as gradsweep runs it' if tuned else 'glibc defaults'}")
     print(f"{'network':34s} {'logging':32s} {'bare ms':>9s} {'instr ms':>9s} {'ratio':>6s}")
     for name, overrides in NETWORKS.items():
         small = not overrides

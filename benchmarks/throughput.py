@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gradsweep.allocator import keep_freed_memory
 from gradsweep.experiment import GradientFlowRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the in-process timings")
     args = parser.parse_args()
+    keep_freed_memory()  # as in gradsweep's task, which the sweeps below run
     n_runs = args.seeds * len(INIT_SCALES)
     sweep = [f"seed=range(0,{args.seeds})", f"init_scale={','.join(INIT_SCALES)}", f"steps={args.steps}"]
     one_run = run_seconds({"steps": args.steps}, args.repeats)

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import ConfigValueError, register_configs, run_key, run_values
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
 from gradsweep.groups import (
@@ -104,6 +105,7 @@ def failure_text(run: PlannedRun, error_traceback: str) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> list[str]:
     """Hydra task: one run, or one replica group of a sweep. Failures are written to each run dir, then raised."""
+    keep_freed_memory()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     env = hydra_cfg.job.env_set
