@@ -22,7 +22,7 @@ from gradsweep.groups import (
 )
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
-from gradsweep.summary import run_metrics
+from gradsweep.summary import footer_metrics
 
 log = logging.getLogger("gradsweep")
 
@@ -66,11 +66,10 @@ def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
         OmegaConf.save(OmegaConf.create(run.overrides), record / "overrides.yaml")
 
 
-def _write(run: PlannedRun, result: RunResult) -> str:
+def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
     run_cfg = OmegaConf.masked_copy(run.cfg, [k for k in run.cfg.keys() if k != "hydra"])
     status = "diverged" if "diverged" in result.status else "ok"
-    meta = run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name, status,
-                        run_metrics(result.stats))
+    meta = run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name, status, summary)
     write_run(result.stats, run.stats_path, meta)
     return ",".join(sorted(set(result.status)))
 
@@ -86,9 +85,10 @@ def execute_runs(runs: list[PlannedRun], progress: Callable[[int], None] | None 
         results = [GradientFlowRun(runs[0].cfg).run(progress)]
     else:
         results = ReplicaGroupRun([run.cfg for run in runs]).run_members(progress)
+    summaries = dict(zip(pending, footer_metrics([results[i].stats for i in pending])))
     outcomes = []
     for i, (run, result) in enumerate(zip(runs, results)):
-        status = _write(run, result) if i in pending else "skipped (complete)"
+        status = _write(run, result, summaries[i]) if i in pending else "skipped (complete)"
         outcomes.append((status, result.seconds if i in pending else 0.0))
     return outcomes
 

@@ -9,6 +9,8 @@ that touches every parameter row is reduced inside Arrow before pandas sees it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -135,18 +137,29 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def run_metrics(frame: pd.DataFrame) -> str:
-    """One run's per-replica summary metrics as JSON, for its file footer.
+def footer_metrics(frames: Sequence[pd.DataFrame]) -> list[str]:
+    """Each run's per-replica summary metrics as JSON, for its file footer; one frame per run.
 
     Computed by the same code as `summarize`, from the rows in memory at write
-    time, so a summary of 10,000 runs reads footers and decodes no data.
+    time, so a summary of 10,000 runs reads footers and decodes no data. The
+    runs of a replica group go through `summarize` together, in one pass.
     """
-    first = frame.iloc[0]
-    config = pd.DataFrame([{"run_key": first["run_key"], **{c: first[c] for c in CONFIG_COLUMNS if c in frame},
-                            "loss_name": first["loss_name"], "seed": int(frame["seed"].min())}])
-    table = pa.Table.from_pandas(frame[SCAN_COLUMNS], preserve_index=False)
-    metrics = summarize(*_join_config(config, [_reduce_chunk(table)]))[list(METRIC_COLUMNS)]
-    return metrics.astype(object).where(metrics.notna(), None).to_json(orient="records")
+    config = pd.DataFrame([
+        {"run_key": f["run_key"].iloc[0], **{c: f[c].iloc[0] for c in CONFIG_COLUMNS if c in f},
+         "loss_name": f["loss_name"].iloc[0], "seed": int(f["seed"].min())}
+        for f in frames
+    ])
+    table = pa.Table.from_pandas(pd.concat([f[SCAN_COLUMNS] for f in frames], ignore_index=True), preserve_index=False)
+    metrics = summarize(*_join_config(config, [_reduce_chunk(table)]))
+    by_run = dict(tuple(metrics.groupby("run_key", sort=False)[list(METRIC_COLUMNS)]))
+    return [json.dumps(by_run[key].astype(object).where(by_run[key].notna(), None).to_dict(orient="records"),
+                       default=lambda value: value.item())  # every digit: to_json keeps 10 decimals, 1e-11 -> 0
+            for key in config["run_key"]]
+
+
+def run_metrics(frame: pd.DataFrame) -> str:
+    """One run's footer metrics (`footer_metrics` of that run alone)."""
+    return footer_metrics([frame])[0]
 
 
 def _from_footers(runs: RunSet) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from gradsweep.report import build_report, main
 from gradsweep.store import FAILURE_FILE, RunSet, read_sweep
@@ -85,6 +86,26 @@ def test_footer_summaries_equal_a_scan_of_the_data(smoke_sweep: Path) -> None:
     from_footers = summary_table(runs)
     scanned = summarize(*scan(runs)).sort_values(["run_key", "replica"], ignore_index=True)
     pd.testing.assert_frame_equal(from_footers, scanned, check_dtype=False)
+
+
+def test_footer_summaries_keep_every_digit_of_tiny_ratios(tmp_path: Path) -> None:
+    """A depth-20 sigmoid run's input/output ratio is ~1e-17: the footer must not round it to 0."""
+    from gradsweep.config import RunConfig, run_values
+    from gradsweep.groups import ReplicaGroupRun
+    from gradsweep.store import run_metadata, write_run
+    from gradsweep.summary import footer_metrics
+
+    base = {**run_values(RunConfig()), "depth": 20, "steps": 2}
+    group = ReplicaGroupRun([{**base, "seed": seed} for seed in (1, 2)])
+    results = group.run_members()
+    for values, result, footer in zip(group.members, results, footer_metrics([r.stats for r in results])):
+        meta = run_metadata(yaml.safe_dump(values), "cpu", "ok", footer)
+        write_run(result.stats, tmp_path / f"s{values['seed']}" / "grad_stats.parquet", meta)
+    runs = RunSet([tmp_path])
+    from_footers = summary_table(runs)
+    scanned = summarize(*scan(runs)).sort_values(["run_key", "replica"], ignore_index=True)
+    assert ((from_footers["weight_ratio"] > 0) & (from_footers["weight_ratio"] < 1e-10)).all()
+    pd.testing.assert_frame_equal(from_footers, scanned, check_dtype=False, rtol=1e-15, atol=0)
 
 
 def test_html_embeds_every_figure(report) -> None:
