@@ -165,10 +165,17 @@ class GradientFlowRun:
             targets = None
             if self._teacher is not None:
                 with torch.no_grad():
-                    targets = self._teacher(x).to(self.device, self.dtype)
-            self._inputs, self._targets, self._chunk = x.to(self.device, self.dtype), targets, chunk
+                    targets = self._to_device(self._teacher(x))
+            self._inputs, self._targets, self._chunk = self._to_device(x), targets, chunk
         i = step % DATA_CHUNK
         return self._inputs[i], None if self._targets is None else self._targets[i]
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor in the run's device and dtype; to CUDA from pinned memory, without blocking the host."""
+        host = host.to(self.dtype)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         v = self.values

@@ -358,14 +358,16 @@ class GradientProbe:
 
         Every full-size intermediate lives in a buffer allocated once: a fresh
         large allocation per step costs page faults that dwarf the arithmetic.
+        `unsafe=True` skips segment_reduce's check that the lengths sum to the
+        row size, a host sync on CUDA; the lengths are built to match in __init__.
         """
         k, w = self.replicas, self._work
         torch.cat([t.view(k, -1) for t in (*grads, *params)], dim=1, out=w.raw)
         flat = w.flat.copy_(w.raw) if w.flat is not w.raw else w.flat
-        sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1)
+        sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1, unsafe=True)
         means = torch.gather(sums / self._lengths, 1, self._segment, out=w.tmp)
         centered = torch.sub(flat, means, out=w.tmp)
-        m2 = torch.segment_reduce(centered.mul_(centered), "sum", lengths=self._lengths, axis=1)
+        m2 = torch.segment_reduce(centered.mul_(centered), "sum", lengths=self._lengths, axis=1, unsafe=True)
         hi = self._extremes[0].scatter_reduce_(1, self._segment, flat, "amax", include_self=False)
         lo = self._extremes[1].scatter_reduce_(1, self._segment, flat, "amin", include_self=False)
         counts = [torch.eq(flat, 0, out=w.mask)]
@@ -373,7 +375,7 @@ class GradientProbe:
             counts += [torch.isnan(flat), torch.isinf(flat)]
         parts = [self._no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1)]
         for mask in counts:
-            parts.append(torch.segment_reduce(w.tmp.copy_(mask), "sum", lengths=self._lengths, axis=1).view(-1))
+            parts.append(torch.segment_reduce(w.tmp.copy_(mask), "sum", lengths=self._lengths, axis=1, unsafe=True).view(-1))
         if with_hist:
             index = _hist_exponent(flat[:, : self._n_grad], w.bits).add_(self._hist_base)
             parts.append(_bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64))
