@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from gradsweep.config import run_key
-from gradsweep.summary import run_metrics
+from gradsweep.store import SCHEMA_VERSION
+from gradsweep.summary import footer_metrics
 
 BASE_SWEEP = ["act=sigmoid,tanh,relu", "depth=8,12", "init_scale=1,2", "clip=null,1.0", "steps=16"]
 N_CONFIGS = 24
@@ -44,7 +45,7 @@ def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
 
     Each file is what `seed=seed+r replicas=1` would have written: replica 0,
     its own seed in the data and in the footer's config, that config's run key,
-    and the footer summary `gradsweep.summary.run_metrics` computes at write time.
+    and the footer summary `gradsweep.summary.footer_metrics` computes at write time.
     """
     done = out / ".complete"
     if done.exists():
@@ -55,24 +56,23 @@ def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
         table = pq.read_table(path)
         meta = dict(table.schema.metadata)
         config = yaml.safe_load(meta[b"gradsweep.config"])
-        replicas = pc.unique(table["replica"]).to_pylist()[: -(-n_runs // len(paths))]
+        replicas = pc.unique(table["replica"]).to_pylist()[: min(-(-n_runs // len(paths)), n_runs - written)]
+        parts, configs = [], []
         for r in replicas:
-            if written == n_runs:
-                break
             part = table.filter(pc.equal(table["replica"], r))
-            seed = part["seed"][0].as_py()
-            config.update(seed=seed, replicas=1)
-            key = run_key(config)
-            meta[b"gradsweep.config"] = yaml.safe_dump(config).encode()
+            configs.append({**config, "seed": part["seed"][0].as_py(), "replicas": 1})
+            key = run_key(configs[-1])
             part = part.set_column(part.schema.get_field_index("run_key"), "run_key",
                                    pa.array([key] * len(part), pa.large_string()))
-            part = part.set_column(part.schema.get_field_index("replica"), "replica",
-                                   pa.array([0] * len(part), pa.int64()))
-            meta[b"gradsweep.summary"] = run_metrics(part.to_pandas()).encode()
-            target = out / f"{path.parent.name}-seed{seed}" / "grad_stats.parquet"
+            parts.append(part.set_column(part.schema.get_field_index("replica"), "replica",
+                                         pa.array([0] * len(part), pa.int64())))
+        for part, run_config, summary in zip(parts, configs, footer_metrics([p.to_pandas() for p in parts])):
+            meta[b"gradsweep.config"] = yaml.safe_dump(run_config).encode()
+            meta[b"gradsweep.summary"] = summary.encode()
+            target = out / f"{path.parent.name}-seed{run_config['seed']}" / "grad_stats.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(part.replace_schema_metadata(meta), target, compression="zstd")
-            written += 1
+        written += len(parts)
     done.write_text(str(written))
     return out
 
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baselines", action="store_true", help="also time reading every column of every file")
     args = parser.parse_args()
+    args.cache = args.cache / f"schema{SCHEMA_VERSION}"  # files of another schema version would be refused
     args.cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = base_sweep(args.cache, replicas=-(-10_000 // N_CONFIGS))
