@@ -4,14 +4,15 @@ Every tensor of interest (parameter gradients, BatchNorm parameter gradients
 and the backpropagated pre-activation gradients dL/dz) is reduced to a fixed
 row of statistics per replica. Small networks are bound by per-op overhead, so
 their tensors are concatenated and reduced by segment in one pass ("fused");
-large ones are bound by memory bandwidth, so each tensor is reduced in place
-with reductions that write no full-size temporaries ("per-tensor"). The fused
-path works in float64 with a two-pass (centred) variance; the per-tensor path
-works in the gradient's dtype, with Welford's variance up to 4,096 elements
+large ones are bound by memory bandwidth, so they are reduced in place, one
+stack of same-sized tensors at a time, with reductions that write no
+full-size temporaries ("per-tensor"). The fused path works in float64 with a
+two-pass (centred) variance; the per-tensor path works in the gradient's
+dtype (float64 sums on CUDA), with Welford's variance up to 4,096 elements
 and a one-pass variance above, where grad_std loses relative precision
 ~eps * (mean/std)^2 if a tensor's mean dominates its spread. Otherwise both
-give the same numbers; `measure` returns one stacked device tensor so that a logged
-step costs one device-to-host copy.
+give the same numbers; `measure` returns one packed device tensor a logged
+step, which the run copies to the host without waiting in the step loop.
 """
 
 from __future__ import annotations
