@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gradsweep.config import RunConfig, run_values
-from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, resolve_device, run_experiment
+from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, _HostCopies, resolve_device, run_experiment
 from gradsweep.model import build_mlp
 from gradsweep.store import write_run
 
@@ -82,3 +82,18 @@ def test_cuda_without_cuda_is_one_clear_error() -> None:
     with pytest.raises(DeviceUnavailableError, match="device=cuda was requested but CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_batched_host_copies_return_every_step_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The way CUDA results reach the host (flushed in batches, split after) returns what each step produced."""
+    monkeypatch.setattr(_HostCopies, "FLUSH_EVERY", 3)
+    run = GradientFlowRun({**BASE, "steps": 10, "replicas": 2})
+    direct, batched = _HostCopies(run.device), _HostCopies(run.device, batched=True)
+    for step in range(8):
+        packed = run.instrumented_step(step, with_hist=step % 2 == 0)  # two sizes: with and without histogram
+        direct.add(packed.clone())
+        batched.add(packed)
+    expected, got = direct.arrays(), batched.arrays()
+    assert len(batched._copies) == 3 and len(got) == 8
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
