@@ -1,9 +1,10 @@
 """The CUDA checks, in one run: a device=cpu,cuda sweep, CPU/CUDA agreement, GPU overhead, host syncs.
 
-    python benchmarks/cuda_check.py --out DIR [--repeats 9]
+    python benchmarks/cuda_check.py --out DIR [--work DIR] [--repeats 9]
 
 1. A real multirun with device=cpu,cuda (sigmoid/relu x depth 5/20 x float32/float64)
-   into DIR/sweep, and its report into DIR/sweep/report.
+   into WORK/sweep (a temporary dir by default) and its report; the report's
+   summary.md and devices.png are copied to DIR, so DIR holds a few files only.
 2. Step-0 per-layer gradient norms of each configuration on CPU against CUDA:
    the largest relative difference per dtype (targets: float64 < 1e-6, float32 < 1e-3).
 3. The instrumentation overhead ratio at width 1024 x depth 20 on the GPU,
@@ -22,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,9 +43,9 @@ AGREEMENT = {"float64": 1e-6, "float32": 1e-3}
 OVERHEAD_TARGET = 1.10
 
 
-def sweep_and_report(out: Path, devices: str) -> Path:
-    """Run the device sweep and its report; return the sweep dir."""
-    sweep = out / "sweep"
+def sweep_and_report(work: Path, out: Path, devices: str) -> Path:
+    """Run the device sweep and its report in `work`; copy the summary and the device figure to `out`."""
+    sweep = work / "sweep"
     overrides = [f"device={devices}", "act=sigmoid,relu", "depth=5,20", "dtype=float32,float64", "replicas=3",
                  "steps=20", "log_every=5", "loss=mse", "output_act=false"]
     for cmd in ([sys.executable, "-m", "gradsweep", "-m", *overrides, f"hydra.sweep.dir={sweep}"],
@@ -51,6 +54,9 @@ def sweep_and_report(out: Path, devices: str) -> Path:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
+    for name in ("summary.md", "devices.png"):
+        if (sweep / "report" / name).exists():
+            shutil.copy(sweep / "report" / name, out / name)
     return sweep
 
 
@@ -129,6 +135,7 @@ def syncs_in_step_loop(device: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="gradsweep-cuda-check-")))
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
@@ -139,9 +146,10 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {name}")
     results: dict = {"device_name": name, "torch": torch.__version__}
+    devices = "cpu,cuda" if args.device == "cuda" else "cpu"
     checks = {
-        "sweep_runs": lambda: len(RunSet([sweep_and_report(args.out, "cpu,cuda" if args.device == "cuda" else "cpu")]).runs),
-        "agreement_max_rel_diff": lambda: agreement(args.out / "sweep") if args.device == "cuda" else None,
+        "sweep_runs": lambda: len(RunSet([sweep_and_report(args.work, args.out, devices)]).runs),
+        "agreement_max_rel_diff": lambda: agreement(args.work / "sweep") if args.device == "cuda" else None,
         "overhead_1024x20": lambda: overhead(args.device, args.repeats),
         "syncs_in_step_loop": lambda: syncs_in_step_loop(args.device),
     }
