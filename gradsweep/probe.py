@@ -112,7 +112,7 @@ def _bin_counts(index: torch.Tensor, size: int, add: bool | None = None) -> torc
 
 
 _FLOAT_BITS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
-_F64_LO, _ = exponent_window(1023)
+_F64_WINDOW = exponent_window(1023)  # the fused paths work in float64
 
 
 def _hist_exponent(values: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
@@ -200,7 +200,7 @@ class _HostLayout:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         element_segment = np.repeat(np.arange(len(lengths)), lengths)
         tensor, replica = np.divmod(np.arange(len(lengths)), replicas)
-        row = (replica * n_grad_tensors + tensor) * N_HIST_BINS + HIST_UNDERFLOW - _F64_LO
+        row = (replica * n_grad_tensors + tensor) * N_HIST_BINS + HIST_UNDERFLOW - _F64_WINDOW[0]
         n_grad_elements = int(lengths[: n_grad_tensors * replicas].sum())
         hist_base = np.repeat(row[: n_grad_tensors * replicas], lengths[: n_grad_tensors * replicas])
         return cls(starts, lengths, element_segment, hist_base, n_grad_elements)
@@ -259,7 +259,7 @@ class GradientProbe:
             segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
             self._segment = segment.expand(replicas, -1).contiguous()
             rows = torch.arange(replicas, device=device)[:, None] * n_t
-            self._hist_base = (rows + segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW - _F64_LO
+            self._hist_base = (rows + segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW - _F64_WINDOW[0]
             self._work = _FusedBuffers.allocate(replicas, sum(sizes), self._n_grad, dtype, device)
             self._extremes = torch.empty(2, replicas, len(sizes), dtype=torch.float64, device=device)
             self._no_rows = torch.zeros(replicas * n_t * len(STAT_COLUMNS), dtype=torch.float64, device=device)
@@ -399,7 +399,7 @@ class GradientProbe:
         parts = [np.zeros(k * n_t * len(STAT_COLUMNS))] + [a.reshape(-1, k).T.ravel() for a in per_segment]
         if with_hist:
             bits = np.abs(flat[: lay.n_grad_elements]).view(np.int64)
-            np.clip(np.right_shift(bits, 52, out=bits), *exponent_window(1023), out=bits)
+            np.clip(np.right_shift(bits, 52, out=bits), *_F64_WINDOW, out=bits)
             parts.append(np.bincount(bits + lay.hist_base, minlength=k * n_t * N_HIST_BINS))
         return np.concatenate(parts).astype(np.float64, copy=False)
 

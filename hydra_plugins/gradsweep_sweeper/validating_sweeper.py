@@ -67,10 +67,11 @@ class ValidatingSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
-        values = [o for o in parsed if self._is_plain_value(o)]
+        plain = [self._is_plain_value(o) for o in parsed]
+        values = [o for o, is_plain in zip(parsed, plain) if is_plain]
         # hydra.job.env_set.* (each job's position and group) cannot change the app config
-        structural = tuple(o.input_line for o in parsed
-                           if not self._is_plain_value(o) and not o.key_or_group.startswith("hydra.job.env_set."))
+        structural = tuple(o.input_line for o, is_plain in zip(parsed, plain)
+                           if not is_plain and not o.key_or_group.startswith("hydra.job.env_set."))
         if structural not in self._composed:
             app = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(structural))
             with open_dict(app):
