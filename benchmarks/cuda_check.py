@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
 from gradsweep.experiment import GradientFlowRun, _HostCopies
 from gradsweep.store import RunSet, read_sweep
+from instrumentation_overhead import measure  # this folder: run as python benchmarks/cuda_check.py
 
 REPO = Path(__file__).resolve().parents[1]
 AGREEMENT = {"float64": 1e-6, "float32": 1e-3}
@@ -73,40 +72,13 @@ def agreement(sweep: Path) -> dict[str, float]:
     return {dtype: float(rel.xs(dtype, level="dtype").max()) for dtype in AGREEMENT}
 
 
-def _block(step_fn, n_steps: int, sync) -> float:
-    sync()
-    start = time.perf_counter()
-    for _ in range(n_steps):
-        step_fn()
-    sync()
-    return (time.perf_counter() - start) / n_steps
-
-
 def overhead(device: str, repeats: int) -> dict[str, float]:
     """Instrumented against bare step at width 1024 x depth 20, every statistic every step and log_every=10."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    run = GradientFlowRun(RunConfig(steps=10**9, width=1024, depth=20, device=device))
-    copies = _HostCopies(run.device)
     result = {}
     for label, log_every in (("every_step", 1), ("log_every_10", 10)):
-        counter = iter(range(10**9))
-
-        def logged() -> None:
-            if next(counter) % log_every == 0:
-                copies.add(run.instrumented_step(0, with_hist=True))
-            else:
-                run.bare_step(0)
-
-        bare_t, inst_t = [], []
-        _block(lambda: run.bare_step(0), 20, sync)
-        _block(logged, 20, sync)
-        for _ in range(repeats):
-            bare_t.append(_block(lambda: run.bare_step(0), 50, sync))
-            inst_t.append(_block(logged, 50, sync))
-        bare, inst = statistics.median(bare_t), statistics.median(inst_t)
+        bare, inst = measure(dict(width=1024, depth=20, device=device), log_every, True, repeats, 50)
         result[label] = inst / bare
         result[f"{label}_bare_ms"], result[f"{label}_instrumented_ms"] = bare * 1e3, inst * 1e3
-    copies.arrays()
     return result
 
 

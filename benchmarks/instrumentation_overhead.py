@@ -17,7 +17,7 @@ import torch
 
 from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
-from gradsweep.experiment import GradientFlowRun
+from gradsweep.experiment import GradientFlowRun, _HostCopies
 
 NETWORKS = {
     "exercise (10-20x4-1, sigmoid)": dict(),
@@ -25,16 +25,24 @@ NETWORKS = {
 }
 
 
-def _block_seconds(step_fn, n_steps: int) -> float:
+def _block_seconds(step_fn, n_steps: int, sync) -> float:
+    sync()
     start = time.perf_counter()
     for _ in range(n_steps):
         step_fn()
+    sync()
     return (time.perf_counter() - start) / n_steps
 
 
 def measure(overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: int) -> tuple[float, float]:
-    """Median seconds per bare step and per step of a loop logging every `log_every` steps."""
+    """Median seconds per bare step and per step of a loop logging every `log_every` steps.
+
+    Logged results go where a run sends them (`_HostCopies`: asynchronous copies
+    on CUDA), and on CUDA each block waits for the device before and after.
+    """
     run = GradientFlowRun(RunConfig(steps=10**9, **overrides))
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    copies = _HostCopies(run.device)
     counter = iter(range(10**9))
 
     def bare() -> None:
@@ -43,16 +51,17 @@ def measure(overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: 
     def logged() -> None:
         i = next(counter)
         if i % log_every == 0:
-            run.instrumented_step(0, with_hist=hist)
+            copies.add(run.instrumented_step(0, with_hist=hist))
         else:
             run.bare_step(0)
 
     for fn in (bare, logged):
-        _block_seconds(fn, max(3, n_steps // 5))
+        _block_seconds(fn, max(3, n_steps // 5), sync)
     bare_t, inst_t = [], []
     for _ in range(repeats):
-        bare_t.append(_block_seconds(bare, n_steps))
-        inst_t.append(_block_seconds(logged, n_steps))
+        bare_t.append(_block_seconds(bare, n_steps, sync))
+        inst_t.append(_block_seconds(logged, n_steps, sync))
+    copies.arrays()
     return statistics.median(bare_t), statistics.median(inst_t)
 
 
