@@ -26,9 +26,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import yaml
-
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -47,7 +46,9 @@ EXTRA_DIR = Path(tempfile.mkdtemp(prefix="gradsweep-exercise-"))
 SWEEP_DIR = Path(os.environ.get("GRADSWEEP_SWEEP_DIR") or EXTRA_DIR)
 SEED, DATA_SEED = 42, 0
 # gradsweep's step-0 batch: 32 N(0, 1) inputs drawn from data_seed in float64
-x = torch.randn(1, 32, 10, generator=torch.Generator().manual_seed(DATA_SEED), dtype=torch.float64)[0].float()
+x = torch.randn(1, 32, 10, generator=torch.Generator().manual_seed(DATA_SEED), dtype=torch.float64)[
+    0
+].float()
 
 
 def weight_gradients(network: nn.Sequential, clip: float | None = None) -> list[torch.Tensor]:
@@ -66,18 +67,30 @@ def run_file_norms(config: dict, column: str = "grad_norm") -> np.ndarray:
     match = runs.runs
     for key, value in config.items():
         match = match[match[key].isna()] if value is None else match[match[key] == value]
-    match = match[(match["seed"] == SEED) & (match["data_seed"] == DATA_SEED) & (match["depth"] == 5)]
+    match = match[
+        (match["seed"] == SEED) & (match["data_seed"] == DATA_SEED) & (match["depth"] == 5)
+    ]
     if match.empty:
         result = run_experiment(full)
         path = EXTRA_DIR / "-".join(f"{k}{v}" for k, v in config.items()) / "grad_stats.parquet"
-        write_run(result.stats, path, run_metadata(yaml.safe_dump(full), result.device_name, result.status[0],
-                                                  run_metrics(result.stats)))
+        write_run(
+            result.stats,
+            path,
+            run_metadata(
+                yaml.safe_dump(full),
+                result.device_name,
+                result.status[0],
+                run_metrics(result.stats),
+            ),
+        )
         files = [path]
     else:
         files = [match["path"].iloc[0]]
     frame = RunSet(files).frame(
         columns=["layer", column],
-        filter=(ds.field("step") == 0) & (ds.field("tensor") == "weight") & (ds.field("replica") == 0),
+        filter=(ds.field("step") == 0)
+        & (ds.field("tensor") == "weight")
+        & (ds.field("replica") == 0),
     )
     print(f"{config}: compared with {files[0]}")
     return frame.sort_values("layer")[column].to_numpy()[::-1]
@@ -115,7 +128,11 @@ check(tanh_gradients, {"act": "tanh", "batchnorm": False, "clip": None})
 fig, ax = plt.subplots(figsize=(7, 3))
 ax.plot(sigmoid_norms, "o-", label="sigmoid")
 ax.plot(tanh_norms, "s-", label="tanh")
-ax.set(yscale="log", xlabel="Linear layer, in backprop order (0 = output side)", ylabel="weight-gradient L2 norm")
+ax.set(
+    yscale="log",
+    xlabel="Linear layer, in backprop order (0 = output side)",
+    ylabel="weight-gradient L2 norm",
+)
 ax.legend()
 
 # %% [markdown]
@@ -128,7 +145,11 @@ print("norms:", [f"{g.norm().item():.2e}" for g in exploding_gradients])
 check(exploding_gradients, {"act": "identity", "init": "normal", "init_scale": 5.0, "clip": None})
 clipped_gradients = weight_gradients(unstable_network, clip=1.0)
 print(f"max norm after clipping: {max(g.norm().item() for g in clipped_gradients):.4f}")
-check(clipped_gradients, {"act": "identity", "init": "normal", "init_scale": 5.0, "clip": 1.0}, "grad_norm_clipped")
+check(
+    clipped_gradients,
+    {"act": "identity", "init": "normal", "init_scale": 5.0, "clip": 1.0},
+    "grad_norm_clipped",
+)
 
 # %% [markdown]
 # ## Section 4: ReLU and BatchNorm
@@ -144,7 +165,9 @@ check(relu_gradients, {"act": "relu", "output_act": False, "batchnorm": False, "
 batchnorm_network = build_mlp(act="sigmoid", depth=5, batchnorm=True, seed=SEED)
 batchnorm_gradients = weight_gradients(batchnorm_network)
 bn_norms = [g.norm().item() for g in batchnorm_gradients]
-print(f"std of per-layer norms: without BN {np.std(sigmoid_norms):.4f}, with BN {np.std(bn_norms):.4f}")
+print(
+    f"std of per-layer norms: without BN {np.std(sigmoid_norms):.4f}, with BN {np.std(bn_norms):.4f}"
+)
 check(batchnorm_gradients, {"act": "sigmoid", "batchnorm": True, "clip": None})
 
 # %% [markdown]
@@ -152,11 +175,21 @@ check(batchnorm_gradients, {"act": "sigmoid", "batchnorm": True, "clip": None})
 
 # %%
 flat = torch.cat([g.flatten() for g in relu_gradients])
-gradient_stats = {"mean": flat.mean().item(), "std": flat.std().item(), "min": flat.min().item(), "max": flat.max().item()}
+gradient_stats = {
+    "mean": flat.mean().item(),
+    "std": flat.std().item(),
+    "min": flat.min().item(),
+    "max": flat.max().item(),
+}
 gradient_histogram_data = flat.numpy()
 print(gradient_stats)
-print(f"{(gradient_histogram_data == 0).mean():.1%} exact zeros (dead ReLU units); gradsweep bins: {len(HIST_BIN_LABELS)}")
+print(
+    f"{(gradient_histogram_data == 0).mean():.1%} exact zeros (dead ReLU units); gradsweep bins: {len(HIST_BIN_LABELS)}"
+)
 fig, ax = plt.subplots(figsize=(7, 3))
 nonzero = np.abs(gradient_histogram_data[gradient_histogram_data != 0])
 ax.hist(np.log10(nonzero), bins=HIST_REGULAR_EDGES)
-ax.set(xlabel="log10 |weight gradient| (non-zero elements)", ylabel="elements per binade (gradsweep's bins)")
+ax.set(
+    xlabel="log10 |weight gradient| (non-zero elements)",
+    ylabel="elements per binade (gradsweep's bins)",
+)

@@ -30,12 +30,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from instrumentation_overhead import measure  # this folder: run as python benchmarks/cuda_check.py
 
 from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
 from gradsweep.experiment import GradientFlowRun, _HostCopies
 from gradsweep.store import RunSet, read_sweep
-from instrumentation_overhead import measure  # this folder: run as python benchmarks/cuda_check.py
 
 REPO = Path(__file__).resolve().parents[1]
 AGREEMENT = {"float64": 1e-6, "float32": 1e-3}
@@ -45,10 +45,21 @@ OVERHEAD_TARGET = 1.10
 def sweep_and_report(work: Path, out: Path, devices: str) -> Path:
     """Run the device sweep and its report in `work`; copy the summary and the device figure to `out`."""
     sweep = work / "sweep"
-    overrides = [f"device={devices}", "act=sigmoid,relu", "depth=5,20", "dtype=float32,float64", "replicas=3",
-                 "steps=20", "log_every=5", "loss=mse", "output_act=false"]
-    for cmd in ([sys.executable, "-m", "gradsweep", "-m", *overrides, f"hydra.sweep.dir={sweep}"],
-                [sys.executable, "-m", "gradsweep.report", str(sweep)]):
+    overrides = [
+        f"device={devices}",
+        "act=sigmoid,relu",
+        "depth=5,20",
+        "dtype=float32,float64",
+        "replicas=3",
+        "steps=20",
+        "log_every=5",
+        "loss=mse",
+        "output_act=false",
+    ]
+    for cmd in (
+        [sys.executable, "-m", "gradsweep", "-m", *overrides, f"hydra.sweep.dir={sweep}"],
+        [sys.executable, "-m", "gradsweep.report", str(sweep)],
+    ):
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         if proc.returncode != 0:
@@ -76,7 +87,9 @@ def overhead(device: str, repeats: int) -> dict[str, float]:
     """Instrumented against bare step at width 1024 x depth 20, every statistic every step and log_every=10."""
     result = {}
     for label, log_every in (("every_step", 1), ("log_every_10", 10)):
-        bare, inst = measure(dict(width=1024, depth=20, device=device), log_every, True, repeats, 50)
+        bare, inst = measure(
+            dict(width=1024, depth=20, device=device), log_every, True, repeats, 50
+        )
         result[label] = inst / bare
         result[f"{label}_bare_ms"], result[f"{label}_instrumented_ms"] = bare * 1e3, inst * 1e3
     return result
@@ -107,13 +120,17 @@ def syncs_in_step_loop(device: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="gradsweep-cuda-check-")))
+    parser.add_argument(
+        "--work", type=Path, default=Path(tempfile.mkdtemp(prefix="gradsweep-cuda-check-"))
+    )
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
     keep_freed_memory()  # as in gradsweep's task
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("this check needs CUDA (torch.cuda.is_available() is False); --device cpu checks the script")
+        raise SystemExit(
+            "this check needs CUDA (torch.cuda.is_available() is False); --device cpu checks the script"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {name}")
@@ -121,7 +138,9 @@ def main() -> None:
     devices = "cpu,cuda" if args.device == "cuda" else "cpu"
     checks = {
         "sweep_runs": lambda: len(RunSet([sweep_and_report(args.work, args.out, devices)]).runs),
-        "agreement_max_rel_diff": lambda: agreement(args.work / "sweep") if args.device == "cuda" else None,
+        "agreement_max_rel_diff": lambda: (
+            agreement(args.work / "sweep") if args.device == "cuda" else None
+        ),
         "overhead_1024x20": lambda: overhead(args.device, args.repeats),
         "syncs_in_step_loop": lambda: syncs_in_step_loop(args.device),
     }
@@ -135,12 +154,22 @@ def main() -> None:
         (args.out / "cuda_check.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     if isinstance(results["agreement_max_rel_diff"], dict):
-        missed += [f"{dtype} agreement {rel:.2e} >= {AGREEMENT[dtype]:g}"
-                   for dtype, rel in results["agreement_max_rel_diff"].items() if not rel < AGREEMENT[dtype]]
-    if isinstance(results["overhead_1024x20"], dict) and results["overhead_1024x20"]["every_step"] > OVERHEAD_TARGET:
-        missed.append(f"overhead {results['overhead_1024x20']['every_step']:.2f}x > {OVERHEAD_TARGET}x")
+        missed += [
+            f"{dtype} agreement {rel:.2e} >= {AGREEMENT[dtype]:g}"
+            for dtype, rel in results["agreement_max_rel_diff"].items()
+            if not rel < AGREEMENT[dtype]
+        ]
+    if (
+        isinstance(results["overhead_1024x20"], dict)
+        and results["overhead_1024x20"]["every_step"] > OVERHEAD_TARGET
+    ):
+        missed.append(
+            f"overhead {results['overhead_1024x20']['every_step']:.2f}x > {OVERHEAD_TARGET}x"
+        )
     if isinstance(results["syncs_in_step_loop"], list) and results["syncs_in_step_loop"]:
-        missed.append(f"{len(results['syncs_in_step_loop'])} synchronising call sites in the step loop")
+        missed.append(
+            f"{len(results['syncs_in_step_loop'])} synchronising call sites in the step loop"
+        )
     print("targets missed:" if missed else "every target met", *missed, sep="\n  ")
     sys.exit(1 if missed else 0)
 

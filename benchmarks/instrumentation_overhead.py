@@ -34,7 +34,9 @@ def _block_seconds(step_fn, n_steps: int, sync) -> float:
     return (time.perf_counter() - start) / n_steps
 
 
-def measure(overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: int) -> tuple[float, float]:
+def measure(
+    overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: int
+) -> tuple[float, float]:
     """Median seconds per bare step and per step of a loop logging every `log_every` steps.
 
     Logged results go where a run sends them (`_HostCopies`: asynchronous copies
@@ -68,12 +70,17 @@ def measure(overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc as it is (gradsweep's task tunes it: gradsweep/allocator.py)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (gradsweep's task tunes it: gradsweep/allocator.py)",
+    )
     args = parser.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} blocks, "
-          f"malloc {'as gradsweep runs it' if tuned else 'glibc defaults'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} blocks, "
+        f"malloc {'as gradsweep runs it' if tuned else 'glibc defaults'}"
+    )
     print(f"{'network':34s} {'logging':32s} {'bare ms':>9s} {'instr ms':>9s} {'ratio':>6s}")
     for name, overrides in NETWORKS.items():
         small = not overrides
@@ -84,7 +91,9 @@ def main() -> None:
             ("every statistic, log_every=10", 10, True),
         ]
         for label, log_every, hist in cases:
-            bare, inst = measure(overrides, log_every, hist, args.repeats, n_steps if log_every == 1 else n_steps * 2)
+            bare, inst = measure(
+                overrides, log_every, hist, args.repeats, n_steps if log_every == 1 else n_steps * 2
+            )
             print(f"{name:34s} {label:32s} {bare * 1e3:9.3f} {inst * 1e3:9.3f} {inst / bare:6.3f}")
 
 

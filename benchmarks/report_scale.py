@@ -35,7 +35,15 @@ def base_sweep(cache: Path, replicas: int) -> Path:
     """Run the real base sweep once (24 runs of `replicas` replicas each)."""
     out = cache / f"base-r{replicas}"
     if not (out / "multirun.yaml").exists():
-        cmd = [sys.executable, "-m", "gradsweep", "-m", *BASE_SWEEP, f"replicas={replicas}", f"hydra.sweep.dir={out}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gradsweep",
+            "-m",
+            *BASE_SWEEP,
+            f"replicas={replicas}",
+            f"hydra.sweep.dir={out}",
+        ]
         subprocess.run(cmd, check=True, capture_output=True)
     return out
 
@@ -56,17 +64,29 @@ def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
         table = pq.read_table(path)
         meta = dict(table.schema.metadata)
         config = yaml.safe_load(meta[b"gradsweep.config"])
-        replicas = pc.unique(table["replica"]).to_pylist()[: min(-(-n_runs // len(paths)), n_runs - written)]
+        replicas = pc.unique(table["replica"]).to_pylist()[
+            : min(-(-n_runs // len(paths)), n_runs - written)
+        ]
         parts, configs = [], []
         for r in replicas:
             part = table.filter(pc.equal(table["replica"], r))
             configs.append({**config, "seed": part["seed"][0].as_py(), "replicas": 1})
             key = run_key(configs[-1])
-            part = part.set_column(part.schema.get_field_index("run_key"), "run_key",
-                                   pa.array([key] * len(part), pa.large_string()))
-            parts.append(part.set_column(part.schema.get_field_index("replica"), "replica",
-                                         pa.array([0] * len(part), pa.int64())))
-        for part, run_config, summary in zip(parts, configs, footer_metrics([p.to_pandas() for p in parts])):
+            part = part.set_column(
+                part.schema.get_field_index("run_key"),
+                "run_key",
+                pa.array([key] * len(part), pa.large_string()),
+            )
+            parts.append(
+                part.set_column(
+                    part.schema.get_field_index("replica"),
+                    "replica",
+                    pa.array([0] * len(part), pa.int64()),
+                )
+            )
+        for part, run_config, summary in zip(
+            parts, configs, footer_metrics([p.to_pandas() for p in parts])
+        ):
             meta[b"gradsweep.config"] = yaml.safe_dump(run_config).encode()
             meta[b"gradsweep.summary"] = summary.encode()
             target = out / f"{path.parent.name}-seed{run_config['seed']}" / "grad_stats.parquet"
@@ -78,10 +98,7 @@ def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
 
 
 MEASURE = {
-    "report": (
-        "from gradsweep.report import build_report\n"
-        "build_report([{src!r}], {dst!r})"
-    ),
+    "report": ("from gradsweep.report import build_report\nbuild_report([{src!r}], {dst!r})"),
     "summary": (
         "from gradsweep.store import RunSet\n"
         "from gradsweep.summary import summary_table\n"
@@ -113,10 +130,15 @@ def measure(kind: str, src: Path, dst: Path, repeats: int) -> dict[str, float]:
     code = _CHILD.format(body=MEASURE[kind].format(src=str(src), dst=str(dst)))
     results = []
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        )
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     seconds = sorted(r["seconds"] for r in results)[len(results) // 2]
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(max(r["peak_rss_mb"] for r in results))}
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in results)),
+    }
 
 
 def main() -> None:
@@ -124,22 +146,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/gradsweep-report-bench"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--baselines", action="store_true", help="also time reading every column of every file")
+    parser.add_argument(
+        "--baselines", action="store_true", help="also time reading every column of every file"
+    )
     args = parser.parse_args()
-    args.cache = args.cache / f"schema{SCHEMA_VERSION}"  # files of another schema version would be refused
+    args.cache = (
+        args.cache / f"schema{SCHEMA_VERSION}"
+    )  # files of another schema version would be refused
     args.cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = base_sweep(args.cache, replicas=-(-10_000 // N_CONFIGS))
     runs_1k = split_replicas(base, args.cache / "split-1000", 1_000)
     runs_10k = split_replicas(base, args.cache / "split-10000", 10_000)
     rows = pq.ParquetDataset(str(runs_1k)).read(columns=["step"]).num_rows / 1_000
-    print(f"run files ready in {time.perf_counter() - start:.0f} s ({rows:.0f} rows per file on average)")
+    print(
+        f"run files ready in {time.perf_counter() - start:.0f} s ({rows:.0f} rows per file on average)"
+    )
     plan = [("report", runs_1k, 1_000), ("summary", runs_10k, 10_000)]
     if args.baselines:
-        plan += [("baseline_pandas_loop", runs_10k, 10_000), ("baseline_dataset_all", runs_10k, 10_000)]
+        plan += [
+            ("baseline_pandas_loop", runs_10k, 10_000),
+            ("baseline_dataset_all", runs_10k, 10_000),
+        ]
     for kind, src, n in plan:
         result = measure(kind, src, args.cache / "report", args.repeats)
-        print(f"{kind:<22} {n:>6} files  {result['seconds']:>6.2f} s  peak RSS {result['peak_rss_mb']:>5} MB")
+        print(
+            f"{kind:<22} {n:>6} files  {result['seconds']:>6.2f} s  peak RSS {result['peak_rss_mb']:>5} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -56,22 +56,33 @@ def run_seconds(cfg: dict, repeats: int) -> float:
 def main() -> None:
     """Print runs per second and per-run overhead for each mode, then the replicas=64 / replicas=1 ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=50, help="seeds per init scale (4 init scales)")
+    parser.add_argument(
+        "--seeds", type=int, default=50, help="seeds per init scale (4 init scales)"
+    )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the in-process timings")
     args = parser.parse_args()
     keep_freed_memory()  # as in gradsweep's task, which the sweeps below run
     n_runs = args.seeds * len(INIT_SCALES)
-    sweep = [f"seed=range(0,{args.seeds})", f"init_scale={','.join(INIT_SCALES)}", f"steps={args.steps}"]
+    sweep = [
+        f"seed=range(0,{args.seeds})",
+        f"init_scale={','.join(INIT_SCALES)}",
+        f"steps={args.steps}",
+    ]
     one_run = run_seconds({"steps": args.steps}, args.repeats)
     modes = {
         "basic launcher": [],
         "joblib launcher": ["hydra/launcher=joblib"],
         f"replica groups of {n_runs}": [f"hydra.sweeper.group_size={n_runs}"],
-        f"joblib + groups of {args.seeds}": ["hydra/launcher=joblib", f"hydra.sweeper.group_size={args.seeds}"],
+        f"joblib + groups of {args.seeds}": [
+            "hydra/launcher=joblib",
+            f"hydra.sweeper.group_size={args.seeds}",
+        ],
     }
-    print(f"{n_runs} runs ({args.seeds} seeds x init_scale {','.join(INIT_SCALES)}), exercise network, "
-          f"{args.steps} steps, every statistic every step; one run in-process: {one_run * 1e3:.1f} ms")
+    print(
+        f"{n_runs} runs ({args.seeds} seeds x init_scale {','.join(INIT_SCALES)}), exercise network, "
+        f"{args.steps} steps, every statistic every step; one run in-process: {one_run * 1e3:.1f} ms"
+    )
     print(f"{'mode':<28} {'wall s':>8} {'runs/s':>8} {'overhead ms/run':>16} {'vs basic':>9}")
     basic = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,12 +90,16 @@ def main() -> None:
             seconds = sweep_seconds(Path(tmp) / f"mode{index}", sweep + extra)
             basic = basic or seconds
             overhead = seconds / n_runs - one_run
-            print(f"{name:<28} {seconds:8.1f} {n_runs / seconds:8.1f} {overhead * 1e3:16.1f} {basic / seconds:8.1f}x")
+            print(
+                f"{name:<28} {seconds:8.1f} {n_runs / seconds:8.1f} {overhead * 1e3:16.1f} {basic / seconds:8.1f}x"
+            )
     for label, log_every in (("every step logged", 1), ("first/last step logged", args.steps)):
         cfg = {"steps": args.steps, "log_every": log_every}
         t1 = run_seconds({**cfg, "replicas": 1}, args.repeats)
         t64 = run_seconds({**cfg, "replicas": 64}, args.repeats)
-        print(f"replicas=64 / replicas=1, {label}: {t64 * 1e3:.0f} ms / {t1 * 1e3:.0f} ms = {t64 / t1:.1f}x")
+        print(
+            f"replicas=64 / replicas=1, {label}: {t64 * 1e3:.0f} ms / {t1 * 1e3:.0f} ms = {t64 / t1:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +18,13 @@ from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import ConfigValueError, register_configs, run_key, run_values
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
 from gradsweep.groups import (
-    GROUP_ENV, POSITION_ENV, ReplicaGroupRun, decode_members, member_config, member_dir, member_overrides,
+    GROUP_ENV,
+    POSITION_ENV,
+    ReplicaGroupRun,
+    decode_members,
+    member_config,
+    member_dir,
+    member_overrides,
 )
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
@@ -42,14 +48,20 @@ class PlannedRun:
         return self.run_dir / self.cfg.stats_file
 
 
-def plan_runs(cfg: DictConfig, job_dir: Path, overrides: Sequence[str],
-              members: Sequence[Sequence[str]] = ()) -> list[PlannedRun]:
+def plan_runs(
+    cfg: DictConfig, job_dir: Path, overrides: Sequence[str], members: Sequence[Sequence[str]] = ()
+) -> list[PlannedRun]:
     """The job's own run, then one run per other replica-group member (sibling run dirs)."""
     runs = [PlannedRun(cfg, job_dir, list(overrides))]
     for member in members:
         member_cfg = member_config(cfg, member)
-        runs.append(PlannedRun(member_cfg, member_dir(job_dir, run_values(member_cfg)),
-                               member_overrides(overrides, member)))
+        runs.append(
+            PlannedRun(
+                member_cfg,
+                member_dir(job_dir, run_values(member_cfg)),
+                member_overrides(overrides, member),
+            )
+        )
     return runs
 
 
@@ -69,12 +81,16 @@ def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
 def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
     run_cfg = OmegaConf.masked_copy(run.cfg, [k for k in run.cfg.keys() if k != "hydra"])
     status = "diverged" if "diverged" in result.status else "ok"
-    meta = run_metadata(OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name, status, summary)
+    meta = run_metadata(
+        OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name, status, summary
+    )
     write_run(result.stats, run.stats_path, meta)
     return ",".join(sorted(set(result.status)))
 
 
-def execute_runs(runs: list[PlannedRun], progress: Callable[[int], None] | None = None) -> list[tuple[str, float]]:
+def execute_runs(
+    runs: list[PlannedRun], progress: Callable[[int], None] | None = None
+) -> list[tuple[str, float]]:
     """Run a job's configurations (stacked when several) and write the incomplete ones; (status, seconds) each."""
     pending = [i for i, run in enumerate(runs) if not is_complete(run.stats_path)]
     if not pending:
@@ -110,8 +126,12 @@ def main(cfg: DictConfig) -> list[str]:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     env = hydra_cfg.job.env_set
     index, total = parse_position(env.get(POSITION_ENV)) or (1, 1)
-    runs = plan_runs(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task),
-                     decode_members(env.get(GROUP_ENV)))
+    runs = plan_runs(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        list(hydra_cfg.overrides.task),
+        decode_members(env.get(GROUP_ENV)),
+    )
     bar = None if multirun else ProgressBar(cfg.steps + 1, label=runs[0].run_dir.name)
     try:
         outcomes = execute_runs(runs, bar)
@@ -124,13 +144,21 @@ def main(cfg: DictConfig) -> list[str]:
             print(f"gradsweep: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         for offset, run in enumerate(runs):
-            log.error(run_line(index + offset, total, run.overrides, 0.0, f"failed ({type(err).__name__})"))
+            log.error(
+                run_line(
+                    index + offset, total, run.overrides, 0.0, f"failed ({type(err).__name__})"
+                )
+            )
         raise
     finally:
         if bar is not None:
             bar.close()
     for offset, (run, (status, seconds)) in enumerate(zip(runs, outcomes)):
-        note = f" (replica group of {len(runs)})" if len(runs) > 1 and not status.startswith("skipped") else ""
+        note = (
+            f" (replica group of {len(runs)})"
+            if len(runs) > 1 and not status.startswith("skipped")
+            else ""
+        )
         log.info(run_line(index + offset, total, run.overrides, seconds, status + note))
     return [status for status, _ in outcomes]
 

@@ -22,6 +22,12 @@ def keep_freed_memory() -> bool:
     """Tune glibc malloc for this process, once; False (and nothing changed) where there is no glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the symbols the process already has: libc's, on Linux
-    except (OSError, AttributeError, TypeError):  # no such symbol (macOS), no dlopen(NULL) (Windows)
+    except (
+        OSError,
+        AttributeError,
+        TypeError,
+    ):  # no such symbol (macOS), no dlopen(NULL) (Windows)
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, -1)
+    )

@@ -24,7 +24,13 @@ HIST_BIN_LABELS: tuple[str, ...] = (
     + ("overflow", "nan", "inf")
 )
 N_HIST_BINS = len(HIST_BIN_LABELS)
-HIST_ZERO, HIST_UNDERFLOW, HIST_OVERFLOW, HIST_NAN, HIST_INF = 0, 1, N_HIST_BINS - 3, N_HIST_BINS - 2, N_HIST_BINS - 1
+HIST_ZERO, HIST_UNDERFLOW, HIST_OVERFLOW, HIST_NAN, HIST_INF = (
+    0,
+    1,
+    N_HIST_BINS - 3,
+    N_HIST_BINS - 2,
+    N_HIST_BINS - 1,
+)
 
 
 def exponent_window(exponent_bias: int) -> tuple[int, int]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -83,7 +84,7 @@ class RunConfig:
     init_scale: float = 1.0
     bias_init: BiasInit = BiasInit.default
     batchnorm: bool = False
-    clip: Optional[float] = None
+    clip: float | None = None
     device: Device = Device.cpu
     dtype: DType = DType.float32
     seed: int = 42
@@ -109,7 +110,16 @@ class AppConfig(RunConfig):
 
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 
-_POSITIVE_INT = ("depth", "width", "in_features", "out_features", "replicas", "log_every", "hist_every", "batch_size")
+_POSITIVE_INT = (
+    "depth",
+    "width",
+    "in_features",
+    "out_features",
+    "replicas",
+    "log_every",
+    "hist_every",
+    "batch_size",
+)
 
 
 class ConfigValueError(ValueError):
@@ -122,7 +132,9 @@ def _plain(value: Any) -> Any:
 
 def run_values(cfg: Any) -> dict[str, Any]:
     """The run's keys as plain Python values (Enums as their names), in schema order."""
-    get = cfg.get if isinstance(cfg, (Mapping, DictConfig)) else lambda k, d=None: getattr(cfg, k, d)
+    get = (
+        cfg.get if isinstance(cfg, (Mapping, DictConfig)) else lambda k, d=None: getattr(cfg, k, d)
+    )
     defaults = RunConfig()
     return {k: _plain(get(k, getattr(defaults, k))) for k in RUN_KEYS}
 

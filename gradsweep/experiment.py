@@ -10,8 +10,9 @@ separate processes for the small networks gradsweep studies.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from gradsweep.bins import N_HIST_BINS
 from gradsweep.config import run_key, validate
 from gradsweep.model import build_mlp
 from gradsweep.predictions import attach_predictions
-from gradsweep.probe import S, GradientProbe, TensorSpec
+from gradsweep.probe import GradientProbe, S, TensorSpec
 
 BN_EPS = 1e-5
 TEACHER_WIDTH = 32
@@ -70,7 +71,9 @@ class _Layer:
     act: nn.Module | None
 
 
-def _stack_layers(models: list[nn.Sequential], device: torch.device, dtype: torch.dtype) -> list[_Layer]:
+def _stack_layers(
+    models: list[nn.Sequential], device: torch.device, dtype: torch.dtype
+) -> list[_Layer]:
     """Stack the replicas' Linear/BatchNorm parameters into (K, ...) leaf tensors."""
     per_model = []
     for model in models:
@@ -126,12 +129,27 @@ class GradientFlowRun:
         self.dtype = _DTYPES[v["dtype"]]
         inits = self.replica_inits()
         self.replicas = len(inits)
-        arch = {k: v[k] for k in ("act", "depth", "width", "in_features", "out_features", "output_act",
-                                  "init", "init_scale", "bias_init", "batchnorm")}
+        arch = {
+            k: v[k]
+            for k in (
+                "act",
+                "depth",
+                "width",
+                "in_features",
+                "out_features",
+                "output_act",
+                "init",
+                "init_scale",
+                "bias_init",
+                "batchnorm",
+            )
+        }
         models = [build_mlp(**{**arch, "init_scale": scale}, seed=seed) for seed, scale in inits]
         self.layers = _stack_layers(models, self.device, self.dtype)
         self.params = [
-            t for layer in self.layers for t in (layer.weight, layer.bias, layer.bn_weight, layer.bn_bias)
+            t
+            for layer in self.layers
+            for t in (layer.weight, layer.bias, layer.bn_weight, layer.bn_bias)
             if t is not None
         ]
         self.specs = _tensor_specs(self.layers, v["batch_size"])
@@ -146,8 +164,13 @@ class GradientFlowRun:
         if v["loss"] != "mse":
             return None
         return build_mlp(
-            act="tanh", depth=2, width=TEACHER_WIDTH, in_features=v["in_features"],
-            out_features=v["out_features"], output_act=False, seed=v["data_seed"] + 1_000_003,
+            act="tanh",
+            depth=2,
+            width=TEACHER_WIDTH,
+            in_features=v["in_features"],
+            out_features=v["out_features"],
+            output_act=False,
+            seed=v["data_seed"] + 1_000_003,
         ).double()
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -161,7 +184,9 @@ class GradientFlowRun:
         if chunk != self._chunk:
             v = self.values
             gen = torch.Generator().manual_seed(v["data_seed"] * 1_000_003 + chunk)
-            x = torch.randn(DATA_CHUNK, v["batch_size"], v["in_features"], generator=gen, dtype=torch.float64)
+            x = torch.randn(
+                DATA_CHUNK, v["batch_size"], v["in_features"], generator=gen, dtype=torch.float64
+            )
             targets = None
             if self._teacher is not None:
                 with torch.no_grad():
@@ -207,7 +232,9 @@ class GradientFlowRun:
             if layer.bn_weight is not None:
                 mean = h.mean(dim=1, keepdim=True)
                 var = h.var(dim=1, unbiased=False, keepdim=True)
-                h = (h - mean) * torch.rsqrt(var + BN_EPS) * layer.bn_weight.unsqueeze(1) + layer.bn_bias.unsqueeze(1)
+                h = (h - mean) * torch.rsqrt(var + BN_EPS) * layer.bn_weight.unsqueeze(
+                    1
+                ) + layer.bn_bias.unsqueeze(1)
             if layer.act is not None:
                 h = layer.act(h)
         return h, preacts
@@ -291,10 +318,14 @@ class GradientFlowRun:
                 self.bare_step(step)
             if progress is not None:
                 progress(step + 1)
-        stats = self._to_frame([(step, hist, host) for (step, hist), host in zip(logged, copies.arrays())])
+        stats = self._to_frame(
+            [(step, hist, host) for (step, hist), host in zip(logged, copies.arrays())]
+        )
         stats = attach_predictions(stats, v)
         status, diverged = _divergence(stats, self.replicas)
-        stats["status"] = pd.Categorical([status[r] for r in stats["replica"]], categories=["ok", "diverged"])
+        stats["status"] = pd.Categorical(
+            [status[r] for r in stats["replica"]], categories=["ok", "diverged"]
+        )
         stats["diverged_step"] = pd.array([diverged[r] for r in stats["replica"]], dtype="Int64")
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return RunResult(stats, status, diverged, name, time.perf_counter() - start)
@@ -307,7 +338,11 @@ class GradientFlowRun:
         steps = np.array([r[0] for r in records])
         raw = np.stack([stats for stats, _ in unpacked])  # (steps, K, T, S)
         loss = np.stack([host[-n_tail:][:k] for _, _, host in records])  # (steps, K)
-        coef = np.stack([host[-k:] for _, _, host in records]) if n_tail == 2 * k else np.ones_like(loss)
+        coef = (
+            np.stack([host[-k:] for _, _, host in records])
+            if n_tail == 2 * k
+            else np.ones_like(loss)
+        )
         n_steps = len(records)
         numel = np.array([s.numel for s in self.specs], dtype=np.int64)
         is_param = np.array([s.is_param for s in self.specs])
@@ -331,16 +366,35 @@ class GradientFlowRun:
                 "run_key": self.key,
                 **{key: v[key] for key in ("act", "depth", "width", "init")},
                 "init_scale": per_replica(scales.astype(np.float64)),
-                **{key: v[key] for key in ("bias_init", "batchnorm", "output_act", "device", "dtype", "optimizer",
-                                           "lr", "batch_size", "data_seed", "steps")},
+                **{
+                    key: v[key]
+                    for key in (
+                        "bias_init",
+                        "batchnorm",
+                        "output_act",
+                        "device",
+                        "dtype",
+                        "optimizer",
+                        "lr",
+                        "batch_size",
+                        "data_seed",
+                        "steps",
+                    )
+                },
                 "loss_name": v["loss"],
-                "clip": pd.arrays.FloatingArray(np.full(n_steps * k * n_t, v["clip"] or 0.0),
-                                                np.full(n_steps * k * n_t, v["clip"] is None)),
+                "clip": pd.arrays.FloatingArray(
+                    np.full(n_steps * k * n_t, v["clip"] or 0.0),
+                    np.full(n_steps * k * n_t, v["clip"] is None),
+                ),
                 "seed": per_replica(seeds),
                 "replica": per_replica(np.arange(k)),
                 "step": np.broadcast_to(steps[:, None, None], shape).reshape(-1),
-                "layer": np.broadcast_to(np.array([s.layer for s in self.specs]), shape).reshape(-1),
-                "tensor": np.broadcast_to(np.array([s.tensor for s in self.specs]), shape).reshape(-1),
+                "layer": np.broadcast_to(np.array([s.layer for s in self.specs]), shape).reshape(
+                    -1
+                ),
+                "tensor": np.broadcast_to(np.array([s.tensor for s in self.specs]), shape).reshape(
+                    -1
+                ),
                 "grad_norm": grad_norm,
                 "grad_norm_clipped": grad_norm * coef_rows,
                 "grad_mean": mean,
@@ -351,7 +405,9 @@ class GradientFlowRun:
                 "grad_n_nan": col("grad_n_nan").astype(np.int64),
                 "grad_n_inf": col("grad_n_inf").astype(np.int64),
                 "numel": numel_b,
-                "param_norm": np.sqrt(np.where(np.broadcast_to(is_param, shape), param_sq, np.nan)).reshape(-1),
+                "param_norm": np.sqrt(
+                    np.where(np.broadcast_to(is_param, shape), param_sq, np.nan)
+                ).reshape(-1),
                 "param_std": param_std,
                 "loss": np.broadcast_to(loss[:, :, None], shape).reshape(-1),
                 "total_grad_norm": np.broadcast_to(total[:, :, None], shape).reshape(-1),

@@ -12,9 +12,10 @@ the batched matmuls being the only difference).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -55,7 +56,7 @@ def plan_groups(jobs: Sequence[Sequence[str]], group_size: int) -> list[JobPlan]
     plans = []
     for members in buckets.values():
         for start in range(0, len(members), group_size):
-            chunk = members[start:start + group_size]
+            chunk = members[start : start + group_size]
             extra = [[o for o in job if override_key(o) in GROUPABLE_KEYS] for job in chunk[1:]]
             plans.append(JobPlan(chunk[0], extra))
     return plans
@@ -86,7 +87,9 @@ def member_config(cfg: DictConfig, member: Sequence[str]) -> DictConfig:
     for override in OverridesParser.create().parse_overrides(list(member)):
         key = override.get_key_element()
         if key not in GROUPABLE_KEYS:
-            raise ValueError(f"replica group member override {key!r} is not one of {GROUPABLE_KEYS}")
+            raise ValueError(
+                f"replica group member override {key!r} is not one of {GROUPABLE_KEYS}"
+            )
         out[key] = override.value()
     return out
 
@@ -100,12 +103,16 @@ class ReplicaGroupRun(GradientFlowRun):
         for values in self.members[1:]:
             differ = [k for k in RUN_KEYS if k not in GROUPABLE_KEYS and values[k] != first[k]]
             if differ:
-                raise ValueError(f"replica group members differ in {differ}; only {GROUPABLE_KEYS} may differ")
+                raise ValueError(
+                    f"replica group members differ in {differ}; only {GROUPABLE_KEYS} may differ"
+                )
         super().__init__(first)
 
     def replica_inits(self) -> list[tuple[int, float]]:
         """Member m's replica r is seeded seed_m + r at init_scale_m, as in its own run."""
-        return [(m["seed"] + r, m["init_scale"]) for m in self.members for r in range(m["replicas"])]
+        return [
+            (m["seed"] + r, m["init_scale"]) for m in self.members for r in range(m["replicas"])
+        ]
 
     def run_members(self, progress: Any = None) -> list[RunResult]:
         """Train the stacked group once; return each member's result as its separate run would give it."""
@@ -117,12 +124,18 @@ class ReplicaGroupRun(GradientFlowRun):
             rows["run_key"] = run_key(values)
             rows["replica"] = rows["replica"] - index * k
             part = slice(index * k, (index + 1) * k)
-            results.append(RunResult(rows, whole.status[part], whole.diverged_step[part],
-                                     whole.device_name, whole.seconds))
+            results.append(
+                RunResult(
+                    rows,
+                    whole.status[part],
+                    whole.diverged_step[part],
+                    whole.device_name,
+                    whole.seconds,
+                )
+            )
         return results
 
 
 def member_dir(job_dir: Path, values: dict[str, Any]) -> Path:
     """A member's run dir: the sibling of the job's dir named by `run_dirname`."""
     return job_dir.parent / run_dirname(values)
-

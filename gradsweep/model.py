@@ -8,7 +8,7 @@ parameters, so a replica is exactly the network `build_mlp` gives for its seed.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -70,7 +70,9 @@ def init_linear_(layer: nn.Linear, init: str, init_scale: float, bias_init: str)
             raise _choice_error("bias_init", bias_init, BIAS_INITS)
 
 
-def layer_sizes(depth: int, width: int, in_features: int, out_features: int) -> list[tuple[int, int]]:
+def layer_sizes(
+    depth: int, width: int, in_features: int, out_features: int
+) -> list[tuple[int, int]]:
     """(fan_in, fan_out) of each Linear layer, input side first."""
     dims = [in_features] + [width] * (depth - 1) + [out_features]
     return list(zip(dims[:-1], dims[1:]))
@@ -101,7 +103,9 @@ def build_mlp(
     if depth < 1:
         raise ValueError(f"depth={depth} is not valid; depth must be >= 1")
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:  # the CPU generator only: torch.manual_seed also queues GPU seeding, ~1 ms a call
+        if (
+            seed is not None
+        ):  # the CPU generator only: torch.manual_seed also queues GPU seeding, ~1 ms a call
             torch.default_generator.manual_seed(seed)
         modules: list[nn.Module] = []
         sizes = layer_sizes(depth, width, in_features, out_features)

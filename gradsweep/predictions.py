@@ -14,7 +14,8 @@ how far training has moved the network from its initial gradient flow.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,17 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
     if values["batchnorm"] and values["batch_size"] < MIN_BN_BATCH:
         return np.full(max(depth - 1, 0), np.nan)
     return theory.predict_preact_factors(
-        values["act"], depth, values["width"], values["in_features"], values["out_features"], values["init"],
-        float(init_scale), values["bias_init"], values["batchnorm"], values["batch_size"], values["output_act"],
+        values["act"],
+        depth,
+        values["width"],
+        values["in_features"],
+        values["out_features"],
+        values["init"],
+        float(init_scale),
+        values["bias_init"],
+        values["batchnorm"],
+        values["batch_size"],
+        values["output_act"],
     )
 
 

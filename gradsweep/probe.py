@@ -34,7 +34,6 @@ from gradsweep.bins import (
     exponent_window,
 )
 
-
 STAT_COLUMNS: tuple[str, ...] = (
     "grad_sum",
     "grad_sumsq",
@@ -51,7 +50,9 @@ STAT_COLUMNS: tuple[str, ...] = (
 S = {name: i for i, name in enumerate(STAT_COLUMNS)}
 
 ONE_PASS_MIN_ELEMENTS = 1 << 12
-HOST_REDUCTIONS = True  # fused path in numpy when the tensors are in host memory (the torch version serves CUDA)
+HOST_REDUCTIONS = (
+    True  # fused path in numpy when the tensors are in host memory (the torch version serves CUDA)
+)
 FUSED_MAX_ELEMENTS = 1 << 16  # above it, dense per-tensor reductions beat segment ops (measured)
 # Same-sized tensors are stacked and reduced together, up to this many elements a stack. On CUDA nearly
 # all are: each op is a kernel launch, and a 1024 x 20 network's ~60 tensors would cost ~1,000 launches a
@@ -79,8 +80,9 @@ class _Stack:
     hist_offset: torch.Tensor
 
 
-def _plan_stacks(specs: list[TensorSpec], replicas: int, cap: int,
-                 alone_above: int | None) -> list[tuple[list[int], list[int]]]:
+def _plan_stacks(
+    specs: list[TensorSpec], replicas: int, cap: int, alone_above: int | None
+) -> list[tuple[list[int], list[int]]]:
     """(spec indices, param indices) of each stack: same numel and kind, at most `cap` elements a stack.
 
     With `alone_above`, a tensor of one replica larger than that is a stack of its own.
@@ -132,7 +134,9 @@ def _single(values: torch.Tensor) -> bool:
     return values.shape[0] * values.shape[1] == 1
 
 
-def _moments(values: torch.Tensor, accumulate: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _moments(
+    values: torch.Tensor, accumulate: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sum, sum of squares and centred sum of squares of each row of (K, G, n), as (K, G), without full-size temporaries.
 
     Tensors of up to ONE_PASS_MIN_ELEMENTS (K x n) use torch.var_mean (Welford,
@@ -148,14 +152,20 @@ def _moments(values: torch.Tensor, accumulate: torch.dtype | None) -> tuple[torc
         total = values.sum(-1, dtype=accumulate)
         sumsq = torch.linalg.vector_norm(values, dim=-1, dtype=accumulate).square()
     if values.shape[0] * n <= ONE_PASS_MIN_ELEMENTS:
-        var, _ = torch.var_mean(values if accumulate is None else values.to(accumulate), dim=-1, correction=0)
+        var, _ = torch.var_mean(
+            values if accumulate is None else values.to(accumulate), dim=-1, correction=0
+        )
         return total, sumsq, var * n
     return total, sumsq, sumsq - total * total / n
 
 
 def _count(values: torch.Tensor) -> torch.Tensor:
     """Nonzero elements of each row of a (K, G, n) tensor, as (K, G)."""
-    return torch.count_nonzero(values).view(1, 1) if _single(values) else torch.count_nonzero(values, dim=-1)
+    return (
+        torch.count_nonzero(values).view(1, 1)
+        if _single(values)
+        else torch.count_nonzero(values, dim=-1)
+    )
 
 
 def _extremes(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +182,9 @@ def _exact_moments(row: np.ndarray, prefix: str, values: torch.Tensor) -> None:
     row[S[f"{prefix}_m2"]] = ((values - values.mean()) ** 2).sum().item()
 
 
-def _fix_special_bins(hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n_inf: np.ndarray) -> None:
+def _fix_special_bins(
+    hist: np.ndarray, n_zero: np.ndarray, n_nan: np.ndarray, n_inf: np.ndarray
+) -> None:
     """Move zeros, NaNs and Infs out of the underflow/overflow bins into their own, in place."""
     hist[..., HIST_UNDERFLOW] -= n_zero.astype(np.int64)
     hist[..., HIST_OVERFLOW] -= (n_nan + n_inf).astype(np.int64)
@@ -195,14 +207,16 @@ class _HostLayout:
     n_grad_elements: int
 
     @classmethod
-    def build(cls, sizes: list[int], replicas: int, n_grad_tensors: int) -> "_HostLayout":
+    def build(cls, sizes: list[int], replicas: int, n_grad_tensors: int) -> _HostLayout:
         lengths = np.repeat(np.asarray(sizes, dtype=np.int64), replicas)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         element_segment = np.repeat(np.arange(len(lengths)), lengths)
         tensor, replica = np.divmod(np.arange(len(lengths)), replicas)
         row = (replica * n_grad_tensors + tensor) * N_HIST_BINS + HIST_UNDERFLOW - _F64_WINDOW[0]
         n_grad_elements = int(lengths[: n_grad_tensors * replicas].sum())
-        hist_base = np.repeat(row[: n_grad_tensors * replicas], lengths[: n_grad_tensors * replicas])
+        hist_base = np.repeat(
+            row[: n_grad_tensors * replicas], lengths[: n_grad_tensors * replicas]
+        )
         return cls(starts, lengths, element_segment, hist_base, n_grad_elements)
 
 
@@ -217,13 +231,21 @@ class _FusedBuffers:
     bits: torch.Tensor
 
     @classmethod
-    def allocate(cls, replicas: int, n_all: int, n_grad: int, dtype: torch.dtype, device: torch.device) -> "_FusedBuffers":
+    def allocate(
+        cls, replicas: int, n_all: int, n_grad: int, dtype: torch.dtype, device: torch.device
+    ) -> _FusedBuffers:
         def empty(n: int, kind: torch.dtype) -> torch.Tensor:
             return torch.empty(replicas, n, dtype=kind, device=device)
 
         raw = empty(n_all, dtype)
         flat = raw if dtype == torch.float64 else empty(n_all, torch.float64)
-        return cls(raw, flat, empty(n_all, torch.float64), empty(n_all, torch.bool), empty(n_grad, torch.float64))
+        return cls(
+            raw,
+            flat,
+            empty(n_all, torch.float64),
+            empty(n_all, torch.bool),
+            empty(n_grad, torch.float64),
+        )
 
 
 class GradientProbe:
@@ -239,8 +261,14 @@ class GradientProbe:
     host and the copy can be deferred to the end of the run.
     """
 
-    def __init__(self, specs: list[TensorSpec], replicas: int, device: torch.device, dtype: torch.dtype,
-                 counts_nonfinite: bool = False) -> None:
+    def __init__(
+        self,
+        specs: list[TensorSpec],
+        replicas: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        counts_nonfinite: bool = False,
+    ) -> None:
         self.specs = specs
         self.replicas = replicas
         self.device = device
@@ -249,7 +277,9 @@ class GradientProbe:
         self._n_grad = sum(s.numel for s in specs)
         self.fused = replicas * self._n_grad <= FUSED_MAX_ELEMENTS
         n_t = len(specs)
-        self.on_host = self.fused and HOST_REDUCTIONS and device.type == "cpu" and not self.counts_nonfinite
+        self.on_host = (
+            self.fused and HOST_REDUCTIONS and device.type == "cpu" and not self.counts_nonfinite
+        )
         sizes = [s.numel for s in specs] + [specs[i].numel for i in self.param_index]
         if self.on_host:
             self._host = _HostLayout.build(sizes, replicas, n_t)
@@ -259,10 +289,18 @@ class GradientProbe:
             segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)
             self._segment = segment.expand(replicas, -1).contiguous()
             rows = torch.arange(replicas, device=device)[:, None] * n_t
-            self._hist_base = (rows + segment[None, : self._n_grad]) * N_HIST_BINS + HIST_UNDERFLOW - _F64_WINDOW[0]
+            self._hist_base = (
+                (rows + segment[None, : self._n_grad]) * N_HIST_BINS
+                + HIST_UNDERFLOW
+                - _F64_WINDOW[0]
+            )
             self._work = _FusedBuffers.allocate(replicas, sum(sizes), self._n_grad, dtype, device)
-            self._extremes = torch.empty(2, replicas, len(sizes), dtype=torch.float64, device=device)
-            self._no_rows = torch.zeros(replicas * n_t * len(STAT_COLUMNS), dtype=torch.float64, device=device)
+            self._extremes = torch.empty(
+                2, replicas, len(sizes), dtype=torch.float64, device=device
+            )
+            self._no_rows = torch.zeros(
+                replicas * n_t * len(STAT_COLUMNS), dtype=torch.float64, device=device
+            )
         else:
             int_dtype, _, bias = _FLOAT_BITS[dtype]
             lo, _ = exponent_window(bias)
@@ -272,15 +310,21 @@ class GradientProbe:
             alone_above = ONE_PASS_MIN_ELEMENTS if device.type == "cpu" else None
             for stack, stack_params in _plan_stacks(specs, replicas, cap, alone_above):
                 tensors = torch.tensor(stack, dtype=int_dtype, device=device)[None, :, None]
-                offset = (rows + tensors) * N_HIST_BINS + HIST_UNDERFLOW - lo  # the bits' dtype: mixed adds are 100x slower
+                offset = (
+                    (rows + tensors) * N_HIST_BINS + HIST_UNDERFLOW - lo
+                )  # the bits' dtype: mixed adds are 100x slower
                 self._stacks.append(_Stack(stack, stack_params, offset))
             order = [i for stack in self._stacks for i in stack.specs]
             self._spec_order = torch.tensor(np.argsort(order), device=device)
-            largest = max(replicas * len(st.specs) * specs[st.specs[0]].numel for st in self._stacks)
+            largest = max(
+                replicas * len(st.specs) * specs[st.specs[0]].numel for st in self._stacks
+            )
             self._scratch = torch.empty(largest, dtype=dtype, device=device)
 
     @torch.no_grad()
-    def measure(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
+    def measure(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool
+    ) -> torch.Tensor:
         """Packed statistics of `grads` (in `specs` order) and of `params` (the specs marked is_param).
 
         The leading dim of every tensor is the replica.
@@ -307,22 +351,29 @@ class GradientProbe:
             n_blocks = 7 if self.counts_nonfinite else 5
             blocks = [a.reshape(k, n_seg) for a in np.split(rest[: n_blocks * k * n_seg], n_blocks)]
             sums, m2, hi, lo, zeros = blocks[:5]
-            numel = np.array([s.numel for s in self.specs] + [self.specs[i].numel for i in self.param_index])
+            numel = np.array(
+                [s.numel for s in self.specs] + [self.specs[i].numel for i in self.param_index]
+            )
             for name, values in (("sum", sums), ("sumsq", m2 + sums**2 / numel), ("m2", m2)):
                 stats[..., S[f"grad_{name}"]] = values[:, :n_t]
                 stats[:, self.param_index, S[f"param_{name}"]] = values[:, n_t:]
             stats[..., S["grad_max"]], stats[..., S["grad_min"]] = hi[:, :n_t], lo[:, :n_t]
             stats[..., S["grad_n_zero"]] = zeros[:, :n_t]
             if self.counts_nonfinite:
-                stats[..., S["grad_n_nan"]], stats[..., S["grad_n_inf"]] = blocks[5][:, :n_t], blocks[6][:, :n_t]
-            rest = rest[n_blocks * k * n_seg:]
+                stats[..., S["grad_n_nan"]], stats[..., S["grad_n_inf"]] = (
+                    blocks[5][:, :n_t],
+                    blocks[6][:, :n_t],
+                )
+            rest = rest[n_blocks * k * n_seg :]
         if not with_hist:
             return stats, None
         hist = rest.reshape(k, n_t, N_HIST_BINS).astype(np.int64)
         _fix_special_bins(hist, *(stats[..., S[f"grad_n_{c}"]] for c in ("zero", "nan", "inf")))
         return stats, hist
 
-    def repair_nonfinite(self, packed: np.ndarray, grads: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+    def repair_nonfinite(
+        self, packed: np.ndarray, grads: list[torch.Tensor], params: list[torch.Tensor]
+    ) -> None:
         """Exact float64 sums and NaN/Inf counts, in place, for every tensor whose sum is not finite.
 
         Runs on the host copy of `measure`'s output while `grads` are still alive.
@@ -336,12 +387,16 @@ class GradientProbe:
         if self.fused:
             n_seg = n_t + len(self.param_index)
             base = k * n_t * len(STAT_COLUMNS)
-            sums = packed[base: base + k * n_seg].reshape(k, n_seg)[:, :n_t]
+            sums = packed[base : base + k * n_seg].reshape(k, n_seg)[:, :n_t]
             bad = ~np.isfinite(sums)
         else:
             stats = self._stats_block(packed)
-            bad = ~np.isfinite(stats[..., S["grad_sum"]]) | ~np.isfinite(stats[..., S["grad_sumsq"]])
-            bad_param = ~np.isfinite(stats[..., S["param_sum"]]) | ~np.isfinite(stats[..., S["param_sumsq"]])
+            bad = ~np.isfinite(stats[..., S["grad_sum"]]) | ~np.isfinite(
+                stats[..., S["grad_sumsq"]]
+            )
+            bad_param = ~np.isfinite(stats[..., S["param_sum"]]) | ~np.isfinite(
+                stats[..., S["param_sumsq"]]
+            )
             bad_param[:, [i for i in range(n_t) if i not in self.param_index]] = False
             for r, t in zip(*np.nonzero(bad_param)):
                 p = params[self.param_index.index(t)].reshape(k, -1)[r].to(torch.float64)
@@ -354,7 +409,9 @@ class GradientProbe:
             if not self.fused:
                 _exact_moments(row, "grad", g)
 
-    def _measure_fused(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
+    def _measure_fused(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool
+    ) -> torch.Tensor:
         """All tensors in one float64 buffer, reduced by segment: a fixed, small number of ops.
 
         Every full-size intermediate lives in a buffer allocated once: a fresh
@@ -368,7 +425,9 @@ class GradientProbe:
         sums = torch.segment_reduce(flat, "sum", lengths=self._lengths, axis=1, unsafe=True)
         means = torch.gather(sums / self._lengths, 1, self._segment, out=w.tmp)
         centered = torch.sub(flat, means, out=w.tmp)
-        m2 = torch.segment_reduce(centered.mul_(centered), "sum", lengths=self._lengths, axis=1, unsafe=True)
+        m2 = torch.segment_reduce(
+            centered.mul_(centered), "sum", lengths=self._lengths, axis=1, unsafe=True
+        )
         hi = self._extremes[0].scatter_reduce_(1, self._segment, flat, "amax", include_self=False)
         lo = self._extremes[1].scatter_reduce_(1, self._segment, flat, "amin", include_self=False)
         counts = [torch.eq(flat, 0, out=w.mask)]
@@ -376,13 +435,21 @@ class GradientProbe:
             counts += [torch.isnan(flat), torch.isinf(flat)]
         parts = [self._no_rows, sums.view(-1), m2.view(-1), hi.view(-1), lo.view(-1)]
         for mask in counts:
-            parts.append(torch.segment_reduce(w.tmp.copy_(mask), "sum", lengths=self._lengths, axis=1, unsafe=True).view(-1))
+            parts.append(
+                torch.segment_reduce(
+                    w.tmp.copy_(mask), "sum", lengths=self._lengths, axis=1, unsafe=True
+                ).view(-1)
+            )
         if with_hist:
             index = _hist_exponent(flat[:, : self._n_grad], w.bits).add_(self._hist_base)
-            parts.append(_bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64))
+            parts.append(
+                _bin_counts(index.view(-1), k * len(self.specs) * N_HIST_BINS).to(torch.float64)
+            )
         return torch.cat(parts)
 
-    def _measure_numpy(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> np.ndarray:
+    def _measure_numpy(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool
+    ) -> np.ndarray:
         """The fused path in numpy, for tensors already in host memory: the same layout and numbers.
 
         On the CPU a numpy call costs ~1 us against ~3-5 us for a torch op, and
@@ -394,21 +461,34 @@ class GradientProbe:
         sums = np.add.reduceat(flat, lay.starts)
         centered = flat - (sums / lay.lengths)[lay.element_segment]
         m2 = np.add.reduceat(centered * centered, lay.starts)
-        per_segment = [sums, m2, np.maximum.reduceat(flat, lay.starts), np.minimum.reduceat(flat, lay.starts),
-                       np.add.reduceat(flat == 0, lay.starts)]
-        parts = [np.zeros(k * n_t * len(STAT_COLUMNS))] + [a.reshape(-1, k).T.ravel() for a in per_segment]
+        per_segment = [
+            sums,
+            m2,
+            np.maximum.reduceat(flat, lay.starts),
+            np.minimum.reduceat(flat, lay.starts),
+            np.add.reduceat(flat == 0, lay.starts),
+        ]
+        parts = [np.zeros(k * n_t * len(STAT_COLUMNS))] + [
+            a.reshape(-1, k).T.ravel() for a in per_segment
+        ]
         if with_hist:
             bits = np.abs(flat[: lay.n_grad_elements]).view(np.int64)
             np.clip(np.right_shift(bits, 52, out=bits), *_F64_WINDOW, out=bits)
             parts.append(np.bincount(bits + lay.hist_base, minlength=k * n_t * N_HIST_BINS))
         return np.concatenate(parts).astype(np.float64, copy=False)
 
-    def _measure_per_tensor(self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool) -> torch.Tensor:
+    def _measure_per_tensor(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], with_hist: bool
+    ) -> torch.Tensor:
         """Reductions along the last dim of each stack of same-sized tensors, writing no full-size temporaries."""
         k, n_t = self.replicas, len(self.specs)
         accumulate = torch.float64 if self.counts_nonfinite else None
         rows = []
-        hist = torch.zeros(k * n_t * N_HIST_BINS, dtype=torch.int64, device=self.device) if with_hist else None
+        hist = (
+            torch.zeros(k * n_t * N_HIST_BINS, dtype=torch.int64, device=self.device)
+            if with_hist
+            else None
+        )
         for stack in self._stacks:
             g = _stacked([grads[i] for i in stack.specs], k)
             n = g.shape[2]
@@ -416,14 +496,18 @@ class GradientProbe:
             gsum, gsq, gm2 = _moments(g, accumulate)
             zeros = n - _count(g)
             if stack.params:
-                psum, psq, pm2 = _moments(_stacked([params[i] for i in stack.params], k), accumulate)
+                psum, psq, pm2 = _moments(
+                    _stacked([params[i] for i in stack.params], k), accumulate
+                )
             else:
                 psum = psq = pm2 = torch.full_like(gsum, math.nan)
             if self.counts_nonfinite:
                 n_nan, n_inf = _count(torch.isnan(g)), _count(torch.isinf(g))
             else:
                 n_nan = n_inf = torch.zeros_like(gsum)
-            rows.append(torch.stack([gsum, gsq, gm2, lo, hi, zeros, n_nan, n_inf, psum, psq, pm2], -1))
+            rows.append(
+                torch.stack([gsum, gsq, gm2, lo, hi, zeros, n_nan, n_inf, psum, psq, pm2], -1)
+            )
             if hist is not None:
                 index = _hist_exponent(g, self._scratch[: g.numel()]).add_(stack.hist_offset)
                 hist += _bin_counts(index.view(-1), k * n_t * N_HIST_BINS)

@@ -13,9 +13,9 @@ import argparse
 import base64
 import html
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -43,7 +43,9 @@ SKIPPED = {
     "devices": "not both CPU and CUDA runs present",
     **theory_figures.SKIPPED,
 }
-BAND_NOTE = "Lines are medians over seeds and replicas (and over axes not shown), bands span min to max."
+BAND_NOTE = (
+    "Lines are medians over seeds and replicas (and over axes not shown), bands span min to max."
+)
 
 
 @dataclass
@@ -59,25 +61,33 @@ class Report:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub-flavoured Markdown table (floats in 4 significant digits)."""
+
     def cell(v: object) -> str:
         if v is None or (not isinstance(v, str) and pd.isna(v)):
             return ""
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _figure_plan(init: pd.DataFrame, totals: pd.DataFrame, summary: pd.DataFrame, runs: RunSet,
-                 swept: list[str]) -> dict[str, Callable[[], plt.Figure | None]]:
+def _figure_plan(
+    init: pd.DataFrame, totals: pd.DataFrame, summary: pd.DataFrame, runs: RunSet, swept: list[str]
+) -> dict[str, Callable[[], plt.Figure | None]]:
     return {
         "layer_profile": lambda: figures.layer_profile(init, swept),
         "ratio_heatmap": lambda: figures.ratio_heatmap(summary, swept),
         "clipping": lambda: figures.clipping(totals),
         "batchnorm": lambda: figures.batchnorm(init, swept),
         "histograms": lambda: figures.histograms(figures.histogram_counts(runs)),
-        "over_steps": lambda: figures.over_steps(figures.layer_steps(runs), swept) if totals["step"].nunique() > 1 else None,
+        "over_steps": lambda: (
+            figures.over_steps(figures.layer_steps(runs), swept)
+            if totals["step"].nunique() > 1
+            else None
+        ),
         "devices": lambda: figures.devices(init),
         **theory_figures.figure_plan(runs),
     }
@@ -96,7 +106,11 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     runs = RunSet(paths)
     if runs.schema is None:
-        raise ValueError("no readable run files under: " + ", ".join(map(str, paths)) + _problem_text(runs.problems))
+        raise ValueError(
+            "no readable run files under: "
+            + ", ".join(map(str, paths))
+            + _problem_text(runs.problems)
+        )
     totals, init = scan(runs)
     swept = figures.swept_axes(runs.runs)
     summary = summarize(totals, init).sort_values([*swept, "run_key", "replica"], ignore_index=True)
@@ -139,20 +153,31 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
         f"{esc(', '.join(swept) or 'none')}.</p>",
     ]
     if report.problems:
-        rows = "".join(f"<tr><td>{esc(p.kind)}</td><td>{esc(p.path)}</td><td>{esc(p.message)}</td></tr>"
-                       for p in report.problems)
-        parts.append(f"<h2>Runs not read ({len(report.problems)})</h2><table class='problems'>"
-                     f"<tr><th>kind</th><th>path</th><th>why</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{esc(p.kind)}</td><td>{esc(p.path)}</td><td>{esc(p.message)}</td></tr>"
+            for p in report.problems
+        )
+        parts.append(
+            f"<h2>Runs not read ({len(report.problems)})</h2><table class='problems'>"
+            f"<tr><th>kind</th><th>path</th><th>why</th></tr>{rows}</table>"
+        )
     parts.append(f"<h2>Figures</h2><p>{BAND_NOTE}</p>")
     for name, path in report.figures.items():
         parts.append(f"<figure>{_img(path)}<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>")
     if report.skipped:
-        items = "".join(f"<li>{esc(CAPTIONS[n])} Not drawn: {esc(why)}.</li>" for n, why in report.skipped.items())
+        items = "".join(
+            f"<li>{esc(CAPTIONS[n])} Not drawn: {esc(why)}.</li>"
+            for n, why in report.skipped.items()
+        )
         parts.append(f"<ul>{items}</ul>")
     shown = report.summary.head(200)
-    parts.append(f"<h2>Summary</h2><p>{len(shown)} of {len(report.summary)} rows; all in summary.csv.</p>")
+    parts.append(
+        f"<h2>Summary</h2><p>{len(shown)} of {len(report.summary)} rows; all in summary.csv.</p>"
+    )
     parts.append(shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
-    defs = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in SUMMARY_COLUMNS.items())
+    defs = "".join(
+        f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in SUMMARY_COLUMNS.items()
+    )
     parts.append(f"<h2>Columns</h2><table>{defs}</table></body></html>")
     return "\n".join(parts)
 
@@ -172,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in report.problems:
         print(f"gradsweep-report: {p.kind}: {p.path}: {p.message}", file=sys.stderr)
     n_runs = report.summary["run_key"].nunique()
-    print(f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, {len(report.figures)} figures")
+    print(
+        f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, {len(report.figures)} figures"
+    )
     return 0
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -22,8 +22,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from gradsweep.config import run_key
 from gradsweep.bins import HIST_BIN_LABELS
+from gradsweep.config import run_key
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -32,8 +32,23 @@ STATS_FILE = "grad_stats.parquet"
 FAILURE_FILE = "FAILED.txt"
 META_PREFIX = "gradsweep."
 CONFIG_COLUMNS: tuple[str, ...] = (
-    "act", "depth", "width", "init", "init_scale", "bias_init", "batchnorm", "output_act", "device",
-    "dtype", "optimizer", "lr", "batch_size", "data_seed", "steps", "loss_name", "clip",
+    "act",
+    "depth",
+    "width",
+    "init",
+    "init_scale",
+    "bias_init",
+    "batchnorm",
+    "output_act",
+    "device",
+    "dtype",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "data_seed",
+    "steps",
+    "loss_name",
+    "clip",
 )
 
 
@@ -90,7 +105,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """The `gradsweep.` key-value metadata of a run file, prefix removed."""
     raw = pq.read_schema(path).metadata or {}
     return {
-        k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items() if k.decode().startswith(META_PREFIX)
+        k.decode()[len(META_PREFIX) :]: v.decode()
+        for k, v in raw.items()
+        if k.decode().startswith(META_PREFIX)
     }
 
 
@@ -118,7 +135,6 @@ def read_run(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame
     """One run file as a DataFrame (optionally only `columns`)."""
     check_schema(path)
     return pq.read_table(path, columns=columns).to_pandas()
-
 
 
 @dataclass(frozen=True)
@@ -158,14 +174,28 @@ def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Proble
             here = Path(dirpath)
             if FAILURE_FILE in filenames:
                 stale = " (stale grad_stats.parquet ignored)" if STATS_FILE in filenames else ""
-                problems.append(Problem(str(here), "failed", _failure_line(here / FAILURE_FILE) + stale))
+                problems.append(
+                    Problem(str(here), "failed", _failure_line(here / FAILURE_FILE) + stale)
+                )
             elif STATS_FILE in filenames:
                 files.append(here / STATS_FILE)
     return files, problems
 
 
-_DICTIONARY_COLUMNS = ["run_key", "act", "init", "bias_init", "device", "dtype", "optimizer", "loss_name", "tensor"]
-_FORMAT = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=_DICTIONARY_COLUMNS))
+_DICTIONARY_COLUMNS = [
+    "run_key",
+    "act",
+    "init",
+    "bias_init",
+    "device",
+    "dtype",
+    "optimizer",
+    "loss_name",
+    "tensor",
+]
+_FORMAT = ds.ParquetFileFormat(
+    read_options=ds.ParquetReadOptions(dictionary_columns=_DICTIONARY_COLUMNS)
+)
 SCAN_CHUNK_FILES = 1000
 
 
@@ -197,28 +227,42 @@ class RunSet:
         with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
             inspected = list(pool.map(_inspect, files))
         self.problems += [p for _, p in inspected if p is not None]
-        runs = pd.DataFrame([r for r, _ in inspected if r is not None],
-                            columns=["path", "run_key", *CONFIG_COLUMNS, "seed", "footer_summary"])
-        self.footer_summaries: dict[str, str | None] = dict(zip(runs["path"], runs.pop("footer_summary")))
+        runs = pd.DataFrame(
+            [r for r, _ in inspected if r is not None],
+            columns=["path", "run_key", *CONFIG_COLUMNS, "seed", "footer_summary"],
+        )
+        self.footer_summaries: dict[str, str | None] = dict(
+            zip(runs["path"], runs.pop("footer_summary"))
+        )
         repeated = runs.duplicated("run_key")
         first = runs.drop_duplicates("run_key").set_index("run_key")["path"]
         self.problems += [
-            Problem(path, "duplicate", f"same configuration (run_key {key}) already read from {first[key]}")
+            Problem(
+                path,
+                "duplicate",
+                f"same configuration (run_key {key}) already read from {first[key]}",
+            )
             for path, key in zip(runs.loc[repeated, "path"], runs.loc[repeated, "run_key"])
         ]
         self.runs = runs[~repeated].reset_index(drop=True)
-        self.schema = pq.read_schema(self.runs["path"].iloc[0]).remove_metadata() if len(self.runs) else None
+        self.schema = (
+            pq.read_schema(self.runs["path"].iloc[0]).remove_metadata() if len(self.runs) else None
+        )
 
     @property
     def files(self) -> list[str]:
         """Paths of the run files that are read."""
         return self.runs["path"].tolist()
 
-    def _scan(self, files: list[str], columns: list[str] | None, filter: ds.Expression | None) -> pa.Table:
+    def _scan(
+        self, files: list[str], columns: list[str] | None, filter: ds.Expression | None
+    ) -> pa.Table:
         dataset = ds.dataset(files, schema=self.schema, format=_FORMAT)
         return dataset.to_table(columns=columns, filter=filter)
 
-    def _scan_each(self, files: list[str], columns: list[str] | None, filter: ds.Expression | None) -> list[pa.Table]:
+    def _scan_each(
+        self, files: list[str], columns: list[str] | None, filter: ds.Expression | None
+    ) -> list[pa.Table]:
         """File by file, so that a file failing mid-scan (a corrupt page behind a valid footer) is found and dropped."""
         parts = []
         for path in files:
@@ -229,29 +273,39 @@ class RunSet:
                 self.runs = self.runs[self.runs["path"] != path]
         return parts
 
-    def chunks(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> Iterator[pa.Table]:
+    def chunks(
+        self, columns: list[str] | None = None, filter: ds.Expression | None = None
+    ) -> Iterator[pa.Table]:
         """`columns` and rows matching `filter`, a chunk of files at a time (string columns dictionary-encoded)."""
         if self.schema is None:
             raise ValueError("no readable run files")
         files = self.files
         for start in range(0, len(files), SCAN_CHUNK_FILES):
-            chunk = files[start:start + SCAN_CHUNK_FILES]
+            chunk = files[start : start + SCAN_CHUNK_FILES]
             try:
                 yield self._scan(chunk, columns, filter)
             except (OSError, pa.ArrowException):
                 yield from self._scan_each(chunk, columns, filter)
 
-    def table(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pa.Table:
+    def table(
+        self, columns: list[str] | None = None, filter: ds.Expression | None = None
+    ) -> pa.Table:
         """Only `columns` and the rows matching `filter`, from every usable file."""
-        return pa.concat_tables(list(self.chunks(columns, filter)), promote_options="permissive").unify_dictionaries()
+        return pa.concat_tables(
+            list(self.chunks(columns, filter)), promote_options="permissive"
+        ).unify_dictionaries()
 
-    def frame(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pd.DataFrame:
+    def frame(
+        self, columns: list[str] | None = None, filter: ds.Expression | None = None
+    ) -> pd.DataFrame:
         """`table(columns, filter)` as a DataFrame."""
         return self.table(columns, filter).to_pandas()
 
 
 def read_sweep(
-    paths: Iterable[str | Path], columns: list[str] | None = None, filter: ds.Expression | None = None
+    paths: Iterable[str | Path],
+    columns: list[str] | None = None,
+    filter: ds.Expression | None = None,
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """Rows of every usable run file under `paths` (only `columns`, rows matching `filter`) and the problems."""
     runs = RunSet(paths)

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from gradsweep.store import CONFIG_COLUMNS, RunSet
 
@@ -50,17 +49,32 @@ def _reduce_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
     zero = pa.scalar(0.0)
     squares = {
         "sq": pc.if_else(is_param, pc.multiply(chunk["grad_norm"], chunk["grad_norm"]), zero),
-        "sq_clipped": pc.if_else(is_param, pc.multiply(chunk["grad_norm_clipped"], chunk["grad_norm_clipped"]), zero),
+        "sq_clipped": pc.if_else(
+            is_param, pc.multiply(chunk["grad_norm_clipped"], chunk["grad_norm_clipped"]), zero
+        ),
         "param_norm": pc.if_else(is_param, chunk["grad_norm"], None),
-        "bad": pc.invert(pc.and_(pc.is_finite(chunk["grad_norm"]), pc.is_finite(chunk["loss"]))).cast(pa.int64()),
+        "bad": pc.invert(
+            pc.and_(pc.is_finite(chunk["grad_norm"]), pc.is_finite(chunk["loss"]))
+        ).cast(pa.int64()),
     }
     work = chunk.select([*RUN_ID, "step", "loss"])
     for name, column in squares.items():
         work = work.append_column(name, column)
     steps = work.group_by([*RUN_ID, "step"]).aggregate(
-        [("loss", "max"), ("sq", "sum"), ("sq_clipped", "sum"), ("param_norm", "max"), ("bad", "sum")]
+        [
+            ("loss", "max"),
+            ("sq", "sum"),
+            ("sq_clipped", "sum"),
+            ("param_norm", "max"),
+            ("bad", "sum"),
+        ]
     )
-    first = chunk.filter(pc.and_(pc.equal(chunk["step"], 0), pc.is_in(chunk["tensor"].cast(pa.string()), pa.array(["weight", "preact"]))))
+    first = chunk.filter(
+        pc.and_(
+            pc.equal(chunk["step"], 0),
+            pc.is_in(chunk["tensor"].cast(pa.string()), pa.array(["weight", "preact"])),
+        )
+    )
     return steps, first.select([*RUN_ID, "layer", "tensor", "grad_norm"])
 
 
@@ -75,7 +89,9 @@ def scan(runs: RunSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _join_config(runs.runs.drop(columns="path"), parts)
 
 
-def _join_config(config: pd.DataFrame, parts: list[tuple[pa.Table, pa.Table]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _join_config(
+    config: pd.DataFrame, parts: list[tuple[pa.Table, pa.Table]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`scan`'s two frames from reduced chunks and one configuration row per run."""
     totals = pa.concat_tables([p[0] for p in parts]).to_pandas()
     totals = totals.rename(columns={"loss_max": "loss", "param_norm_max": "max_grad_norm"})
@@ -144,17 +160,29 @@ def footer_metrics(frames: Sequence[pd.DataFrame]) -> list[str]:
     time, so a summary of 10,000 runs reads footers and decodes no data. The
     runs of a replica group go through `summarize` together, in one pass.
     """
-    config = pd.DataFrame([
-        {"run_key": f["run_key"].iloc[0], **{c: f[c].iloc[0] for c in CONFIG_COLUMNS if c in f},
-         "loss_name": f["loss_name"].iloc[0], "seed": int(f["seed"].min())}
-        for f in frames
-    ])
-    table = pa.Table.from_pandas(pd.concat([f[SCAN_COLUMNS] for f in frames], ignore_index=True), preserve_index=False)
+    config = pd.DataFrame(
+        [
+            {
+                "run_key": f["run_key"].iloc[0],
+                **{c: f[c].iloc[0] for c in CONFIG_COLUMNS if c in f},
+                "loss_name": f["loss_name"].iloc[0],
+                "seed": int(f["seed"].min()),
+            }
+            for f in frames
+        ]
+    )
+    table = pa.Table.from_pandas(
+        pd.concat([f[SCAN_COLUMNS] for f in frames], ignore_index=True), preserve_index=False
+    )
     metrics = summarize(*_join_config(config, [_reduce_chunk(table)]))
     by_run = dict(tuple(metrics.groupby("run_key", sort=False)[list(METRIC_COLUMNS)]))
-    return [json.dumps(by_run[key].astype(object).where(by_run[key].notna(), None).to_dict(orient="records"),
-                       default=lambda value: value.item())  # every digit: to_json keeps 10 decimals, 1e-11 -> 0
-            for key in config["run_key"]]
+    return [
+        json.dumps(
+            by_run[key].astype(object).where(by_run[key].notna(), None).to_dict(orient="records"),
+            default=lambda value: value.item(),
+        )  # every digit: to_json keeps 10 decimals, 1e-11 -> 0
+        for key in config["run_key"]
+    ]
 
 
 def run_metrics(frame: pd.DataFrame) -> str:

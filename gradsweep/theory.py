@@ -11,8 +11,8 @@ batch size. See docs/theory.md for the formulas, assumptions and limits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,9 @@ def _gelu(x: Array) -> Array:
 
 def _gelu_prime(x: Array) -> Array:
     """Derivative of the exact GELU, Phi(x) + x * pdf(x)."""
-    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(
+        2.0 * math.pi
+    )
 
 
 def _selu(x: Array) -> Array:
@@ -90,7 +92,10 @@ _ACT_TABLE: dict[str, tuple[ActFn, ActFn]] = {
     ),
     "gelu": (_gelu, _gelu_prime),
     "selu": (_selu, _selu_prime),
-    "identity": (lambda x: np.asarray(x, dtype=np.float64), lambda x: np.ones_like(x, dtype=np.float64)),
+    "identity": (
+        lambda x: np.asarray(x, dtype=np.float64),
+        lambda x: np.ones_like(x, dtype=np.float64),
+    ),
 }
 
 
@@ -132,7 +137,13 @@ def sigma_b2(bias_init: str, fan_in: int) -> float:
 
 
 def layer_variances(
-    depth: int, width: int, in_features: int, out_features: int, init: str, init_scale: float, bias_init: str
+    depth: int,
+    width: int,
+    in_features: int,
+    out_features: int,
+    init: str,
+    init_scale: float,
+    bias_init: str,
 ) -> tuple[Array, Array]:
     """Per-layer (sigma_w^2, sigma_b^2) arrays for the MLP, input side first."""
     dims = [in_features] + [width] * (depth - 1) + [out_features]
@@ -174,7 +185,9 @@ def gauss_expect(f: ActFn, q: float | Array) -> float | Array:
 # -------------------------------------------------------- networks without BN
 
 
-def length_map(act: str, sw2: Sequence[float], sb2: Sequence[float], input_var: float = 1.0) -> Array:
+def length_map(
+    act: str, sw2: Sequence[float], sb2: Sequence[float], input_var: float = 1.0
+) -> Array:
     """Variance q^l of each Linear output z_l, l = 0..depth-1 (no BatchNorm)."""
     phi = activation(act)
     q = [sw2[0] * input_var + sb2[0]]
@@ -183,7 +196,9 @@ def length_map(act: str, sw2: Sequence[float], sb2: Sequence[float], input_var: 
     return np.array(q)
 
 
-def chi1_per_layer(act: str, sw2: Sequence[float], sb2: Sequence[float], input_var: float = 1.0) -> Array:
+def chi1_per_layer(
+    act: str, sw2: Sequence[float], sb2: Sequence[float], input_var: float = 1.0
+) -> Array:
     """chi_1^(l) = sigma_w^2(l+1) E[phi'(sqrt(q^l) z)^2], the squared-norm ratio of layer l to l+1."""
     dphi = activation_derivative(act)
     q = length_map(act, sw2, sb2, input_var)[:-1]
@@ -207,7 +222,9 @@ def _fixed_q(act: str, sw2: float, sb2: float) -> float:
     if down.size == 0:
         return math.inf if resid[-1] > 0 else 0.0
     i = down[-1]
-    return _stable_root(lambda q: sw2 * gauss_expect(lambda x: phi(x) ** 2, q) + sb2 - q, grid[i], grid[i + 1])
+    return _stable_root(
+        lambda q: sw2 * gauss_expect(lambda x: phi(x) ** 2, q) + sb2 - q, grid[i], grid[i + 1]
+    )
 
 
 def depth_scale(chi1: float) -> float:
@@ -230,6 +247,7 @@ def fixed_point(act: str, sw2: float, sb2: float) -> tuple[float, float, float]:
 
 def critical_sigma_w2(act: str, lo: float = 1e-2, hi: float = 1e4) -> float:
     """sigma_w^2 at which chi_1(q*) = 1 with sigma_b = 0 (order-to-chaos transition)."""
+
     def excess(log_sw2: float) -> float:
         return fixed_point(act, math.exp(log_sw2), 0.0)[1] - 1.0
 
@@ -248,7 +266,9 @@ def critical_sigma_w2(act: str, lo: float = 1e-2, hi: float = 1e4) -> float:
 def _check_batch(batch_size: int) -> None:
     """The finite-batch rate needs E[1/chi^2_{B-1}] < inf, i.e. B >= 4."""
     if batch_size < 4:
-        raise ValueError(f"batch_size={batch_size} is not valid here; the BatchNorm rate needs batch_size >= 4")
+        raise ValueError(
+            f"batch_size={batch_size} is not valid here; the BatchNorm rate needs batch_size >= 4"
+        )
 
 
 @lru_cache(maxsize=64)
@@ -295,7 +315,10 @@ def _bn_gain_and_variance(act: str, batch_size: int) -> tuple[float, float]:
 
     m_e2, m_ey2 = m(e1**2), m((e1 * y1) ** 2)
     expected_t = (
-        (b - 2) * m_e2 + (m_e2 + (b - 1) * m(e1 * e2)) / b - m_ey2 + (m_ey2 + (b - 1) * m(e1 * y1 * e2 * y2)) / b
+        (b - 2) * m_e2
+        + (m_e2 + (b - 1) * m(e1 * e2)) / b
+        - m_ey2
+        + (m_ey2 + (b - 1) * m(e1 * y1 * e2 * y2)) / b
     )
     gain = b * expected_t / ((b - 3) * (b - 1))
     variance = m(phi(y1) ** 2) - m(phi(y1) * phi(y2))
@@ -312,7 +335,9 @@ def batchnorm_rate(act: str, batch_size: int | None = None) -> float:
     if batch_size is None:
         phi, dphi = activation(act), activation_derivative(act)
         mean = gauss_expect(phi, 1.0)
-        return gauss_expect(lambda x: dphi(x) ** 2, 1.0) / (gauss_expect(lambda x: phi(x) ** 2, 1.0) - mean**2)
+        return gauss_expect(lambda x: dphi(x) ** 2, 1.0) / (
+            gauss_expect(lambda x: phi(x) ** 2, 1.0) - mean**2
+        )
     _check_batch(batch_size)
     gain, variance = _bn_gain_and_variance(act, batch_size)
     return gain / variance

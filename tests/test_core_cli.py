@@ -29,7 +29,9 @@ def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None
         assert f"act: {frame['act'].iloc[0]}" in meta["config"] and "hydra" not in meta["config"]
         assert path.parent.name.startswith(f"{frame['act'].iloc[0]}-d{depth}-")
     sigmoid20 = next(f for f in frames if (f["act"].iloc[0], f["depth"].iloc[0]) == ("sigmoid", 20))
-    weights = sigmoid20[sigmoid20["tensor"] == "weight"].sort_values("layer")["grad_norm"].to_numpy()
+    weights = (
+        sigmoid20[sigmoid20["tensor"] == "weight"].sort_values("layer")["grad_norm"].to_numpy()
+    )
     assert weights[0] / weights[-1] < 1e-8
 
 
@@ -46,7 +48,9 @@ def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None
         ("depth=abc", ["depth=abc", "'abc'"]),
     ],
 )
-def test_bad_input_fails_before_any_run_with_a_clear_message(cli, tmp_path: Path, override: str, needles: list) -> None:
+def test_bad_input_fails_before_any_run_with_a_clear_message(
+    cli, tmp_path: Path, override: str, needles: list
+) -> None:
     sweep = tmp_path / "sweep"
     result = cli("-m", "act=sigmoid,tanh", override, f"hydra.sweep.dir={sweep}")
     assert result.returncode != 0
@@ -56,14 +60,21 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(cli, tmp_path: Path
     assert not list(sweep.glob("*/grad_stats.parquet"))
 
 
-@pytest.mark.parametrize(("overrides", "needle"), [
-    (["depth=5,0"], "depth=0 is invalid"),
-    (["depth=5,abc"], "depth=abc"),  # jobs after the first share its composition: Hydra's type check still runs
-    (["act=sigmoid,foo", "width=8,16"], "'foo'"),
-    (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
-])
-def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(cli, tmp_path: Path, overrides: list,
-                                                                   needle: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["depth=5,0"], "depth=0 is invalid"),
+        (
+            ["depth=5,abc"],
+            "depth=abc",
+        ),  # jobs after the first share its composition: Hydra's type check still runs
+        (["act=sigmoid,foo", "width=8,16"], "'foo'"),
+        (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
+    ],
+)
+def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(
+    cli, tmp_path: Path, overrides: list, needle: str
+) -> None:
     sweep = tmp_path / "sweep"
     result = cli("-m", *overrides, f"hydra.sweep.dir={sweep}")
     assert result.returncode != 0 and needle in result.stderr, result.stderr
@@ -93,13 +104,24 @@ def test_help_and_cfg_job_behave_as_in_any_hydra_app(cli) -> None:
 @pytest.mark.slow
 def test_a_sweep_over_every_axis_at_once(cli, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = cli("-m", "act=sigmoid,relu", "depth=5,20", "init_scale=0.5,1,5", "batchnorm=false,true",
-                 "clip=null,1.0", f"hydra.sweep.dir={sweep}")
+    result = cli(
+        "-m",
+        "act=sigmoid,relu",
+        "depth=5,20",
+        "init_scale=0.5,1,5",
+        "batchnorm=false,true",
+        "clip=null,1.0",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 0, result.stderr
     files = list(sweep.glob("*/grad_stats.parquet"))
     assert len(files) == 48
     frame = pd.concat(pd.read_parquet(f) for f in files)
-    assert frame.groupby(["act", "depth", "init_scale", "batchnorm"])["clip"].apply(lambda c: c.isna().any()).all()
+    assert (
+        frame.groupby(["act", "depth", "init_scale", "batchnorm"])["clip"]
+        .apply(lambda c: c.isna().any())
+        .all()
+    )
     clipped = frame[frame["clip"].notna() & (frame["tensor"] != "preact")]
     assert (clipped["grad_norm_clipped"] <= 1.0).all()
     assert set(frame[frame["batchnorm"]]["tensor"]) >= {"bn_weight", "bn_bias"}

@@ -31,19 +31,36 @@ def test_validate_names_key_value_and_range(overrides: dict, needle: str) -> Non
 
 def test_defaults_are_valid_and_reproduce_the_exercise() -> None:
     v = validate(RunConfig())
-    assert (v["act"], v["depth"], v["width"], v["in_features"], v["out_features"]) == ("sigmoid", 5, 20, 10, 1)
-    assert (v["init"], v["batch_size"], v["loss"], v["steps"], v["clip"]) == ("default", 32, "mean", 0, None)
+    assert (v["act"], v["depth"], v["width"], v["in_features"], v["out_features"]) == (
+        "sigmoid",
+        5,
+        20,
+        10,
+        1,
+    )
+    assert (v["init"], v["batch_size"], v["loss"], v["steps"], v["clip"]) == (
+        "default",
+        32,
+        "mean",
+        0,
+        None,
+    )
 
 
 def test_run_key_is_stable_and_sensitive() -> None:
     base = run_values(RunConfig())
     assert run_key(base) == run_key(RunConfig())
     assert len(run_key(base)) == 16
-    keys = {run_key({**base, k: v}) for k, v in [("depth", 6), ("seed", 1), ("clip", 1.0), ("lr", 0.1), ("act", "tanh")]}
+    keys = {
+        run_key({**base, k: v})
+        for k, v in [("depth", 6), ("seed", 1), ("clip", 1.0), ("lr", 0.1), ("act", "tanh")]
+    }
     assert len(keys) == 5 and run_key(base) not in keys
 
 
 def test_run_dirname_names_main_axes_and_key() -> None:
     name = run_dirname({**run_values(RunConfig()), "act": "relu", "clip": 1.0, "batchnorm": True})
     assert name.startswith("relu-d5-w20-defaultx1-bn1-clip1-s42-")
-    assert name.endswith(run_key({**run_values(RunConfig()), "act": "relu", "clip": 1.0, "batchnorm": True})[:8])
+    assert name.endswith(
+        run_key({**run_values(RunConfig()), "act": "relu", "clip": 1.0, "batchnorm": True})[:8]
+    )

@@ -20,13 +20,23 @@ def test_exercise_network_is_5_linear_plus_5_sigmoid() -> None:
 
 def test_batchnorm_after_hidden_linear_before_activation_never_on_output() -> None:
     net = build_mlp(act="relu", depth=3, batchnorm=True, output_act=False)
-    assert [type(m) for m in net] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert [type(m) for m in net] == [
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,
+        nn.Linear,
+    ]
 
 
 @pytest.mark.parametrize("init", INIT_SCHEMES)
 @pytest.mark.parametrize("scale", [0.5, 2.0])
 def test_weight_variance_matches_theory(init: str, scale: float) -> None:
-    net = build_mlp(act="identity", depth=2, width=512, in_features=512, init=init, init_scale=scale, seed=0)
+    net = build_mlp(
+        act="identity", depth=2, width=512, in_features=512, init=init, init_scale=scale, seed=0
+    )
     weight = net[0].weight.detach().double()
     expected = theory.sigma_w2(init, scale, 512, 512) / 512
     assert weight.var().item() == pytest.approx(expected, rel=0.02)
@@ -47,8 +57,13 @@ def test_seed_makes_init_reproducible_and_leaves_global_rng_alone() -> None:
 def test_seeded_network_is_the_exercise_network_after_torch_manual_seed() -> None:
     """build_mlp(seed=42) holds exactly the weights of the exercise's code after torch.manual_seed(42)."""
     torch.manual_seed(42)
-    exercise = nn.Sequential(*[m for i in range(5) for m in (nn.Linear(10 if i == 0 else 20, 1 if i == 4 else 20),
-                                                             nn.Sigmoid())])
+    exercise = nn.Sequential(
+        *[
+            m
+            for i in range(5)
+            for m in (nn.Linear(10 if i == 0 else 20, 1 if i == 4 else 20), nn.Sigmoid())
+        ]
+    )
     ours = build_mlp(act="sigmoid", depth=5, width=20, in_features=10, out_features=1, seed=42)
     assert [type(m) for m in ours] == [type(m) for m in exercise]
     assert all(torch.equal(p, q) for p, q in zip(ours.parameters(), exercise.parameters()))
@@ -60,7 +75,9 @@ def test_bias_init_zeros_and_default() -> None:
     assert bias.abs().max() <= 1 / 10**0.5 and bias.std() > 0.1
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [({"act": "foo"}, "act='foo'"), ({"init": "bad"}, "init='bad'")])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"), [({"act": "foo"}, "act='foo'"), ({"init": "bad"}, "init='bad'")]
+)
 def test_bad_names_list_the_choices(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match="choose one of") as err:
         build_mlp(**kwargs)

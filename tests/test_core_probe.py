@@ -10,17 +10,33 @@ import torch
 from torch import nn
 
 import gradsweep.probe as probe_module
+from gradsweep.bins import HIST_BIN_LABELS, N_HIST_BINS
 from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import GradientFlowRun, run_experiment
 from gradsweep.model import build_mlp
-from gradsweep.bins import HIST_BIN_LABELS, N_HIST_BINS
 from gradsweep.probe import GradientProbe, TensorSpec
 
 
 def reference_gradients(cfg: dict) -> dict[tuple[int, str], torch.Tensor]:
     """Gradients of the exercise-style nn.Sequential at step 0, with dL/dz captured by tensor hooks."""
-    net = build_mlp(**{k: cfg[k] for k in ("act", "depth", "width", "in_features", "out_features", "output_act",
-                                          "init", "init_scale", "bias_init", "batchnorm")}, seed=cfg["seed"]).double()
+    net = build_mlp(
+        **{
+            k: cfg[k]
+            for k in (
+                "act",
+                "depth",
+                "width",
+                "in_features",
+                "out_features",
+                "output_act",
+                "init",
+                "init_scale",
+                "bias_init",
+                "batchnorm",
+            )
+        },
+        seed=cfg["seed"],
+    ).double()
     x, _ = GradientFlowRun(cfg).batch(0)
     preacts: dict[int, torch.Tensor] = {}
     linears = [m for m in net if isinstance(m, nn.Linear)]
@@ -48,7 +64,11 @@ def reference_gradients(cfg: dict) -> dict[tuple[int, str], torch.Tensor]:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"act": "relu", "batchnorm": True, "output_act": False}, {"act": "tanh", "init": "xavier_normal", "depth": 4}],
+    [
+        {},
+        {"act": "relu", "batchnorm": True, "output_act": False},
+        {"act": "tanh", "init": "xavier_normal", "depth": 4},
+    ],
 )
 def test_statistics_match_reference_sequential(overrides: dict) -> None:
     cfg = {**run_values(RunConfig()), "dtype": "float64", **overrides}
@@ -70,17 +90,36 @@ def test_statistics_match_reference_sequential(overrides: dict) -> None:
         assert row.numel == g.numel()
 
 
-@pytest.mark.parametrize(("fused_in", "stack_cap"), [("numpy", 1 << 16), ("torch", 0), ("numpy", 1 << 26)])
-def test_fused_and_per_tensor_paths_agree(fused_in: str, stack_cap: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("fused_in", "stack_cap"), [("numpy", 1 << 16), ("torch", 0), ("numpy", 1 << 26)]
+)
+def test_fused_and_per_tensor_paths_agree(
+    fused_in: str, stack_cap: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The per-tensor path, each tensor alone (cap 0), small ones stacked (the CPU's) or all stacked (CUDA's)."""
-    cfg = {**run_values(RunConfig()), "act": "relu", "batchnorm": True, "replicas": 3, "steps": 4, "clip": 0.5}
+    cfg = {
+        **run_values(RunConfig()),
+        "act": "relu",
+        "batchnorm": True,
+        "replicas": 3,
+        "steps": 4,
+        "clip": 0.5,
+    }
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", fused_in == "numpy")
     fused = run_experiment(cfg).stats
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 0)
     monkeypatch.setitem(probe_module.STACK_MAX_ELEMENTS, "cpu", stack_cap)
     per_tensor = run_experiment(cfg).stats
     scale = fused["grad_norm"] / np.sqrt(fused["numel"]) + 1e-30
-    for column in ("grad_norm", "grad_norm_clipped", "grad_max", "grad_min", "param_norm", "total_grad_norm", "loss"):
+    for column in (
+        "grad_norm",
+        "grad_norm_clipped",
+        "grad_max",
+        "grad_min",
+        "param_norm",
+        "total_grad_norm",
+        "loss",
+    ):
         np.testing.assert_allclose(per_tensor[column], fused[column], rtol=2e-5, atol=0)
     for column in ("grad_mean", "grad_std"):
         np.testing.assert_array_less(np.abs(per_tensor[column] - fused[column]) / scale, 1e-4)
@@ -91,16 +130,31 @@ def test_fused_and_per_tensor_paths_agree(fused_in: str, stack_cap: int, monkeyp
         np.testing.assert_array_equal(a, b)
 
 
-COUNTING = ["numpy", "torch", "device"]  # fused path in numpy or torch, NaN/Inf counted on the host; or on the device
+COUNTING = [
+    "numpy",
+    "torch",
+    "device",
+]  # fused path in numpy or torch, NaN/Inf counted on the host; or on the device
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("overrides", [
-    {"act": "relu", "batchnorm": True, "replicas": 3, "steps": 4, "clip": 0.5},
-    {"act": "identity", "init": "normal", "init_scale": 5.0, "depth": 20, "steps": 3, "dtype": "float32"},
-])
-def test_counting_on_the_device_equals_the_host_repair(fused: bool, overrides: dict,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"act": "relu", "batchnorm": True, "replicas": 3, "steps": 4, "clip": 0.5},
+        {
+            "act": "identity",
+            "init": "normal",
+            "init_scale": 5.0,
+            "depth": 20,
+            "steps": 3,
+            "dtype": "float32",
+        },
+    ],
+)
+def test_counting_on_the_device_equals_the_host_repair(
+    fused: bool, overrides: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The CUDA way (NaN/Inf counted at every step, float64 sums) and the CPU way give the same rows."""
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 1 << 20 if fused else 0)
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", False)
@@ -115,24 +169,33 @@ def test_counting_on_the_device_equals_the_host_repair(fused: bool, overrides: d
         np.testing.assert_array_equal(a, b)
     for column in ("grad_norm", "param_norm", "loss"):
         np.testing.assert_allclose(on_device[column], on_host[column], rtol=1e-5, atol=1e-30)
-    scale = on_host["grad_norm"] / np.sqrt(on_host["numel"]) + 1e-30  # float64 sums are the more exact ones
+    scale = (
+        on_host["grad_norm"] / np.sqrt(on_host["numel"]) + 1e-30
+    )  # float64 sums are the more exact ones
     for column in ("grad_mean", "grad_std"):
         device_values, host_values = on_device[column].to_numpy(), on_host[column].to_numpy()
         finite = np.isfinite(host_values)
         assert (np.isfinite(device_values) == finite).all()
-        np.testing.assert_array_less(np.abs(device_values - host_values)[finite] / scale[finite], 1e-4)
+        np.testing.assert_array_less(
+            np.abs(device_values - host_values)[finite] / scale[finite], 1e-4
+        )
     if overrides["act"] == "identity":
-        assert (on_host["status"] == "diverged").all() and on_host["grad_n_inf"].sum() + on_host["grad_n_nan"].sum() > 0
+        assert (on_host["status"] == "diverged").all() and on_host["grad_n_inf"].sum() + on_host[
+            "grad_n_nan"
+        ].sum() > 0
 
 
-def _probe_rows(values: np.ndarray, fused: bool, counting: str,
-                monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+def _probe_rows(
+    values: np.ndarray, fused: bool, counting: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[np.ndarray, np.ndarray]:
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 1 << 20 if fused else 0)
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", counting == "numpy")
     g = torch.from_numpy(np.asarray(values)[None, :])
     p = torch.ones_like(g)
     spec = TensorSpec(0, "weight", g.shape[1], True)
-    probe = GradientProbe([spec], 1, torch.device("cpu"), g.dtype, counts_nonfinite=counting == "device")
+    probe = GradientProbe(
+        [spec], 1, torch.device("cpu"), g.dtype, counts_nonfinite=counting == "device"
+    )
     packed = probe.measure([g], [p], with_hist=True).numpy()
     probe.repair_nonfinite(packed, [g], [p])
     stats, hist = probe.unpack(packed, with_hist=True)
@@ -147,13 +210,31 @@ def _negative_nan(dtype: type) -> np.generic:
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("counting", COUNTING)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_histogram_bins_and_nonfinite_counts(fused: bool, counting: str, dtype: type,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_histogram_bins_and_nonfinite_counts(
+    fused: bool, counting: str, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
     below = lambda x: np.nextafter(dtype(x), dtype(0))  # noqa: E731 - the largest float under a bin edge
-    values = np.array([
-        0.0, -0.0, np.finfo(dtype).smallest_subnormal, below(2.0**-40), 2.0**-40, -3e-3, 0.5, below(1.0),
-        -1.0, below(2.0**14), 2.0**14, -5e30, math.nan, _negative_nan(dtype), math.inf, -math.inf,
-    ], dtype=dtype)
+    values = np.array(
+        [
+            0.0,
+            -0.0,
+            np.finfo(dtype).smallest_subnormal,
+            below(2.0**-40),
+            2.0**-40,
+            -3e-3,
+            0.5,
+            below(1.0),
+            -1.0,
+            below(2.0**14),
+            2.0**14,
+            -5e30,
+            math.nan,
+            _negative_nan(dtype),
+            math.inf,
+            -math.inf,
+        ],
+        dtype=dtype,
+    )
     stats, hist = _probe_rows(values, fused, counting, monkeypatch)
     labels = dict(zip(HIST_BIN_LABELS, hist))
     assert len(hist) == N_HIST_BINS == 59
@@ -165,14 +246,19 @@ def test_histogram_bins_and_nonfinite_counts(fused: bool, counting: str, dtype: 
     assert labels["overflow"] == 2 and labels["nan"] == 2 and labels["inf"] == 2
     assert hist.sum() == len(values)
     names = probe_module.S
-    assert stats[names["grad_n_nan"]] == 2 and stats[names["grad_n_inf"]] == 2 and stats[names["grad_n_zero"]] == 2
+    assert (
+        stats[names["grad_n_nan"]] == 2
+        and stats[names["grad_n_inf"]] == 2
+        and stats[names["grad_n_zero"]] == 2
+    )
 
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("counting", COUNTING)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_histogram_matches_frexp_binades(fused: bool, counting: str, dtype: type,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_histogram_matches_frexp_binades(
+    fused: bool, counting: str, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every finite nonzero element lands in the binade numpy's frexp gives it, over 30 decades."""
     rng = np.random.default_rng(0)
     values = (rng.choice([-1, 1], 5000) * 10.0 ** rng.uniform(-20, 10, 5000)).astype(dtype)
@@ -184,7 +270,9 @@ def test_histogram_matches_frexp_binades(fused: bool, counting: str, dtype: type
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("counting", COUNTING)
-def test_float32_overflow_of_the_norm_is_exact(fused: bool, counting: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_float32_overflow_of_the_norm_is_exact(
+    fused: bool, counting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """|g| = 1e26 overflows a float32 sum of squares: the host recomputes the row, the device accumulates in float64."""
     stats, _ = _probe_rows(np.full(400, 1e26, dtype=np.float32), fused, counting, monkeypatch)
     assert math.sqrt(stats[probe_module.S["grad_sumsq"]]) == pytest.approx(2e27, rel=1e-6)
@@ -192,19 +280,50 @@ def test_float32_overflow_of_the_norm_is_exact(fused: bool, counting: str, monke
 
 
 def test_stacks_group_same_sized_tensors_of_one_kind_up_to_the_cap() -> None:
-    specs = [TensorSpec(0, "weight", 200, True), TensorSpec(0, "bias", 20, True), TensorSpec(0, "preact", 640, False),
-             TensorSpec(1, "weight", 400, True), TensorSpec(1, "bias", 20, True), TensorSpec(1, "preact", 640, False),
-             TensorSpec(2, "weight", 400, True), TensorSpec(2, "bias", 20, True), TensorSpec(2, "preact", 640, False)]
+    specs = [
+        TensorSpec(0, "weight", 200, True),
+        TensorSpec(0, "bias", 20, True),
+        TensorSpec(0, "preact", 640, False),
+        TensorSpec(1, "weight", 400, True),
+        TensorSpec(1, "bias", 20, True),
+        TensorSpec(1, "preact", 640, False),
+        TensorSpec(2, "weight", 400, True),
+        TensorSpec(2, "bias", 20, True),
+        TensorSpec(2, "preact", 640, False),
+    ]
     assert probe_module._plan_stacks(specs, 2, 1 << 16, None) == [
-        ([0], [0]), ([1, 4, 7], [1, 3, 5]), ([2, 5, 8], []), ([3, 6], [2, 4])]
+        ([0], [0]),
+        ([1, 4, 7], [1, 3, 5]),
+        ([2, 5, 8], []),
+        ([3, 6], [2, 4]),
+    ]
     assert probe_module._plan_stacks(specs, 2, 2 * 640 * 2, None) == [
-        ([0], [0]), ([1, 4, 7], [1, 3, 5]), ([2, 5], []), ([3, 6], [2, 4]), ([8], [])]
-    one_replica = probe_module._plan_stacks(specs, 1, 1 << 16, 300)  # one replica's tensors above 300 stand alone
-    assert one_replica == [([0], [0]), ([1, 4, 7], [1, 3, 5]), ([2], []), ([3], [2]), ([5], []), ([6], [4]), ([8], [])]
+        ([0], [0]),
+        ([1, 4, 7], [1, 3, 5]),
+        ([2, 5], []),
+        ([3, 6], [2, 4]),
+        ([8], []),
+    ]
+    one_replica = probe_module._plan_stacks(
+        specs, 1, 1 << 16, 300
+    )  # one replica's tensors above 300 stand alone
+    assert one_replica == [
+        ([0], [0]),
+        ([1, 4, 7], [1, 3, 5]),
+        ([2], []),
+        ([3], [2]),
+        ([5], []),
+        ([6], [4]),
+        ([8], []),
+    ]
 
 
 def test_bin_counts_without_bincount_equal_bincount() -> None:
     """The index_add_ counting that CUDA uses (bincount syncs there) gives bincount's counts."""
     index = torch.randint(0, 50, (10_000,))
-    assert torch.equal(probe_module._bin_counts(index, 60, add=True), torch.bincount(index, minlength=60))
-    assert torch.equal(probe_module._bin_counts(index, 60, add=False), torch.bincount(index, minlength=60))
+    assert torch.equal(
+        probe_module._bin_counts(index, 60, add=True), torch.bincount(index, minlength=60)
+    )
+    assert torch.equal(
+        probe_module._bin_counts(index, 60, add=False), torch.bincount(index, minlength=60)
+    )

@@ -20,10 +20,18 @@ def frame() -> pd.DataFrame:
 
 
 def test_metadata_round_trips(tmp_path: Path, frame: pd.DataFrame) -> None:
-    path = store.write_run(frame, tmp_path / "r" / store.STATS_FILE, store.run_metadata("act: sigmoid\n", "cpu", "ok", "[]"))
+    path = store.write_run(
+        frame,
+        tmp_path / "r" / store.STATS_FILE,
+        store.run_metadata("act: sigmoid\n", "cpu", "ok", "[]"),
+    )
     meta = store.read_metadata(path)
     assert meta["schema_version"] == str(store.SCHEMA_VERSION)
-    assert meta["config"] == "act: sigmoid\n" and meta["device_name"] == "cpu" and meta["status"] == "ok"
+    assert (
+        meta["config"] == "act: sigmoid\n"
+        and meta["device_name"] == "cpu"
+        and meta["status"] == "ok"
+    )
     assert meta["torch_version"] and meta["version"]
     assert len(eval(meta["hist_bins"])) == N_HIST_BINS  # noqa: S307 - JSON list of strings
     assert store.is_complete(path)
@@ -46,13 +54,19 @@ def test_a_crash_while_writing_leaves_no_file_that_looks_complete(
 
 
 def test_truncated_or_foreign_files_are_not_complete(tmp_path: Path, frame: pd.DataFrame) -> None:
-    good = store.write_run(frame, tmp_path / "good.parquet", store.run_metadata("", "cpu", "ok", "[]"))
+    good = store.write_run(
+        frame, tmp_path / "good.parquet", store.run_metadata("", "cpu", "ok", "[]")
+    )
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(good.read_bytes()[:-100])
     assert not store.is_complete(truncated)
     old = tmp_path / "old.parquet"
-    pq.write_table(pq.read_table(good).replace_schema_metadata({b"gradsweep.schema_version": b"0"}), old)
+    pq.write_table(
+        pq.read_table(good).replace_schema_metadata({b"gradsweep.schema_version": b"0"}), old
+    )
     assert not store.is_complete(old)
-    with pytest.raises(store.SchemaVersionError, match="old.parquet: schema version '0' is not supported"):
+    with pytest.raises(
+        store.SchemaVersionError, match="old.parquet: schema version '0' is not supported"
+    ):
         store.read_run(old)
     assert not store.is_complete(tmp_path / "missing.parquet")

@@ -62,7 +62,9 @@ def test_section4_batchnorm_evens_out_per_layer_gradient_std(act: str) -> None:
 def test_section5_statistics_and_histograms_describe_every_gradient() -> None:
     stats = run_experiment({**EXERCISE, "act": "relu", "output_act": False}).stats
     weights = stats[stats["tensor"] == "weight"]
-    assert (weights["grad_min"] <= weights["grad_mean"]).all() and (weights["grad_mean"] <= weights["grad_max"]).all()
+    assert (weights["grad_min"] <= weights["grad_mean"]).all() and (
+        weights["grad_mean"] <= weights["grad_max"]
+    ).all()
     assert (weights["grad_std"] > 0).all()
     assert (stats["grad_frac_zero"][stats["tensor"] == "preact"] > 0.2).any()  # dead ReLU units
     for hist, numel in zip(stats["grad_hist"], stats["numel"]):
@@ -70,8 +72,13 @@ def test_section5_statistics_and_histograms_describe_every_gradient() -> None:
 
 
 def test_exploding_preset_at_depth_20_diverges_writes_and_exits_zero(cli, tmp_path: Path) -> None:
-    result = cli("-m", "experiment=ex3_exploding", "depth=20", "clip=null",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    result = cli(
+        "-m",
+        "experiment=ex3_exploding",
+        "depth=20",
+        "clip=null",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert result.returncode == 0, result.stderr
     files = list((tmp_path / "sweep").glob("*/grad_stats.parquet"))
     assert len(files) == 1

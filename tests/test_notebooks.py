@@ -25,22 +25,35 @@ def execute(name: str, sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("GRADSWEEP_SWEEP_DIR", str(sweep_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = jupytext.read(ANALYSIS / f"{name}.py")
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": os.getcwd()}}).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": os.getcwd()}}
+    ).execute()
+    outputs = [
+        o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    ]
     return "".join(o.get("text", "") for o in outputs), outputs
 
 
-def test_exercise_notebook_agrees_with_run_files(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exercise_notebook_agrees_with_run_files(
+    sweep_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text, _ = execute("gradient_flow_exercise", sweep_dir, monkeypatch)
     assert text.count("agrees with the run file") == 6
-    for config in ("{'act': 'sigmoid', 'batchnorm': False, 'clip': None}", "{'act': 'tanh', 'batchnorm': False, 'clip': None}",
-                   "{'act': 'sigmoid', 'batchnorm': True, 'clip': None}"):
+    for config in (
+        "{'act': 'sigmoid', 'batchnorm': False, 'clip': None}",
+        "{'act': 'tanh', 'batchnorm': False, 'clip': None}",
+        "{'act': 'sigmoid', 'batchnorm': True, 'clip': None}",
+    ):
         assert f"{config}: compared with {sweep_dir}/" in text
     ratio = float(re.search(r"last / first \(input side / output side\) = (\S+)", text).group(1))
-    assert ratio < 0.01  # the exercise's vanishing criterion; the values themselves are checked against the run files
+    assert (
+        ratio < 0.01
+    )  # the exercise's vanishing criterion; the values themselves are checked against the run files
 
 
-def test_sweep_explorer_draws_the_report_figures(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_explorer_draws_the_report_figures(
+    sweep_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text, outputs = execute("sweep_explorer", sweep_dir, monkeypatch)
     assert "8 run files; swept axes: ['act', 'batchnorm', 'clip']" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]

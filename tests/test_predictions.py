@@ -12,8 +12,18 @@ from gradsweep.groups import ReplicaGroupRun
 from gradsweep.predictions import PRED_COLUMNS
 from gradsweep.store import write_run
 
-BASE = dict(act="tanh", depth=5, width=16, init="fan_in", init_scale=1.5, bias_init="zeros", replicas=2,
-            steps=2, dtype="float64", output_act=False)
+BASE = dict(
+    act="tanh",
+    depth=5,
+    width=16,
+    init="fan_in",
+    init_scale=1.5,
+    bias_init="zeros",
+    replicas=2,
+    steps=2,
+    dtype="float64",
+    output_act=False,
+)
 
 
 def _preact(stats, **where):
@@ -37,14 +47,21 @@ def test_columns_are_null_except_on_preact_rows() -> None:
 
 def test_factors_match_theory_and_norms_are_anchored_at_the_measured_output_layer() -> None:
     stats = GradientFlowRun(BASE).run().stats
-    expected = theory.predict_preact_factors("tanh", 5, 16, init="fan_in", init_scale=1.5, bias_init="zeros")
+    expected = theory.predict_preact_factors(
+        "tanh", 5, 16, init="fan_in", init_scale=1.5, bias_init="zeros"
+    )
     for step in range(BASE["steps"] + 1):
         for replica in range(BASE["replicas"]):
             rows = _preact(stats, step=step, replica=replica)
-            np.testing.assert_allclose(rows["pred_preact_factor"].to_numpy(float)[:-1], expected, rtol=1e-12)
+            np.testing.assert_allclose(
+                rows["pred_preact_factor"].to_numpy(float)[:-1], expected, rtol=1e-12
+            )
             anchor = rows["grad_norm"].iloc[-1]
-            np.testing.assert_allclose(rows["pred_preact_norm"].to_numpy(float),
-                                       theory.predict_preact_norms(expected, anchor), rtol=1e-12)
+            np.testing.assert_allclose(
+                rows["pred_preact_norm"].to_numpy(float),
+                theory.predict_preact_norms(expected, anchor),
+                rtol=1e-12,
+            )
 
 
 def test_replica_group_members_get_their_own_init_scale() -> None:
@@ -52,11 +69,15 @@ def test_replica_group_members_get_their_own_init_scale() -> None:
     grouped = ReplicaGroupRun(members).run_members()
     for values, result in zip(members, grouped):
         alone = GradientFlowRun(values).run().stats
-        np.testing.assert_allclose(_preact(result.stats, step=0, replica=1)["pred_preact_factor"].to_numpy(float)[:-1],
-                                   _preact(alone, step=0, replica=1)["pred_preact_factor"].to_numpy(float)[:-1],
-                                   rtol=1e-12)
-    assert not np.allclose(_preact(grouped[0].stats, step=0, replica=0)["pred_preact_factor"].to_numpy(float)[:-1],
-                           _preact(grouped[1].stats, step=0, replica=0)["pred_preact_factor"].to_numpy(float)[:-1])
+        np.testing.assert_allclose(
+            _preact(result.stats, step=0, replica=1)["pred_preact_factor"].to_numpy(float)[:-1],
+            _preact(alone, step=0, replica=1)["pred_preact_factor"].to_numpy(float)[:-1],
+            rtol=1e-12,
+        )
+    assert not np.allclose(
+        _preact(grouped[0].stats, step=0, replica=0)["pred_preact_factor"].to_numpy(float)[:-1],
+        _preact(grouped[1].stats, step=0, replica=0)["pred_preact_factor"].to_numpy(float)[:-1],
+    )
 
 
 @pytest.mark.parametrize("batch, defined", [(2, False), (4, True)])
@@ -72,4 +93,6 @@ def test_run_file_stores_nulls_not_nans(tmp_path) -> None:
     table = pq.read_table(path, columns=list(PRED_COLUMNS))
     n_not_preact = int((stats["tensor"] != "preact").sum())
     assert table["pred_preact_norm"].null_count == n_not_preact
-    assert table["pred_preact_factor"].null_count == n_not_preact + BASE["replicas"] * (BASE["steps"] + 1)
+    assert table["pred_preact_factor"].null_count == n_not_preact + BASE["replicas"] * (
+        BASE["steps"] + 1
+    )

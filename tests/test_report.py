@@ -19,7 +19,14 @@ from gradsweep.report import build_report, main
 from gradsweep.store import FAILURE_FILE, RunSet, read_sweep
 from gradsweep.summary import SUMMARY_COLUMNS, scan, summarize, summary_table
 
-SMOKE = ["act=sigmoid,tanh,relu", "depth=3,5", "batchnorm=false,true", "clip=null,1.0", "steps=2", "replicas=2"]
+SMOKE = [
+    "act=sigmoid,tanh,relu",
+    "depth=3,5",
+    "batchnorm=false,true",
+    "clip=null,1.0",
+    "steps=2",
+    "replicas=2",
+]
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +43,16 @@ def report(smoke_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_report_writes_every_output(report) -> None:
     names = {p.name for p in report.out_dir.iterdir()}
     assert {"sweep.parquet", "summary.csv", "summary.md", "index.html"} <= names
-    assert set(report.figures) == {"layer_profile", "ratio_heatmap", "clipping", "batchnorm", "histograms", "over_steps",
-                                   "prediction_overlay", "bulk_error"}
+    assert set(report.figures) == {
+        "layer_profile",
+        "ratio_heatmap",
+        "clipping",
+        "batchnorm",
+        "histograms",
+        "over_steps",
+        "prediction_overlay",
+        "bulk_error",
+    }
     assert set(report.skipped) == {"devices", "phase_diagram", "batchnorm_depth", "glorot_fig8"}
     assert report.skipped["devices"] == "not both CPU and CUDA runs present"
     assert not report.problems
@@ -58,16 +73,22 @@ def test_summary_matches_run_files(report, smoke_sweep: Path) -> None:
     for path in smoke_sweep.glob("*/grad_stats.parquet"):
         raw = pd.read_parquet(path)
         for replica, rows in raw.groupby("replica"):
-            row = summary[(summary["run_key"] == rows["run_key"].iloc[0]) & (summary["replica"] == replica)].iloc[0]
+            row = summary[
+                (summary["run_key"] == rows["run_key"].iloc[0]) & (summary["replica"] == replica)
+            ].iloc[0]
             at0 = rows[rows["step"] == 0].set_index(["tensor", "layer"])["grad_norm"]
             depth = rows["depth"].iloc[0]
             for tensor in ("weight", "preact"):
                 ratio = at0[(tensor, 0)] / at0[(tensor, depth - 1)]
                 np.testing.assert_allclose(row[f"{tensor}_ratio"], ratio, rtol=1e-12)
-                np.testing.assert_allclose(row[f"{tensor}_gain"], ratio ** (1 / (depth - 1)), rtol=1e-12)
+                np.testing.assert_allclose(
+                    row[f"{tensor}_gain"], ratio ** (1 / (depth - 1)), rtol=1e-12
+                )
             params = rows[rows["tensor"] != "preact"]
             assert row["max_grad_norm"] == params["grad_norm"].max()
-            np.testing.assert_allclose(row["max_total_norm"], rows["total_grad_norm"].max(), rtol=1e-12)
+            np.testing.assert_allclose(
+                row["max_total_norm"], rows["total_grad_norm"].max(), rtol=1e-12
+            )
             last = rows[rows["step"] == rows["step"].max()]
             assert row["final_loss"] == last["loss"].iloc[0] and row["final_step"] == 2
             assert row["diverged"] == (rows["status"].iloc[0] == "diverged")
@@ -98,7 +119,9 @@ def test_footer_summaries_keep_every_digit_of_tiny_ratios(tmp_path: Path) -> Non
     base = {**run_values(RunConfig()), "depth": 20, "steps": 2}
     group = ReplicaGroupRun([{**base, "seed": seed} for seed in (1, 2)])
     results = group.run_members()
-    for values, result, footer in zip(group.members, results, footer_metrics([r.stats for r in results])):
+    for values, result, footer in zip(
+        group.members, results, footer_metrics([r.stats for r in results])
+    ):
         meta = run_metadata(yaml.safe_dump(values), "cpu", "ok", footer)
         write_run(result.stats, tmp_path / f"s{values['seed']}" / "grad_stats.parquet", meta)
     runs = RunSet([tmp_path])
@@ -114,7 +137,7 @@ def test_html_embeds_every_figure(report) -> None:
     assert len(images) == len(report.figures)
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "src=\"http" not in html and "<script" not in html
+    assert 'src="http' not in html and "<script" not in html
     assert "weight_ratio" in html and "Not drawn: not both CPU and CUDA runs present" in html
 
 
@@ -138,14 +161,18 @@ def damaged(smoke_sweep: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_refused_unreadable_and_failed_runs_are_listed(damaged: Path, tmp_path_factory, capsys) -> None:
+def test_refused_unreadable_and_failed_runs_are_listed(
+    damaged: Path, tmp_path_factory, capsys
+) -> None:
     files = sorted(damaged.glob("*/grad_stats.parquet"))
     frame, problems = read_sweep([damaged], columns=["run_key"])
     kinds = {p.kind: p for p in problems}
     assert set(kinds) == {"refused", "unreadable", "failed"}
     assert str(files[0]) in kinds["refused"].message and "'99'" in kinds["refused"].message
     assert kinds["unreadable"].path == str(files[1])
-    assert kinds["failed"].path == str(files[2].parent) and kinds["failed"].message.startswith("RuntimeError: boom")
+    assert kinds["failed"].path == str(files[2].parent) and kinds["failed"].message.startswith(
+        "RuntimeError: boom"
+    )
     assert frame["run_key"].nunique() == 2
     out = tmp_path_factory.mktemp("damaged_report")
     assert main([str(damaged), "-o", str(out)]) == 0
@@ -161,13 +188,18 @@ def test_no_readable_runs_is_an_error(tmp_path: Path, capsys) -> None:
 
 
 def test_console_script_runs(smoke_sweep: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "gradsweep.report", str(smoke_sweep), "-o", str(tmp_path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "gradsweep.report", str(smoke_sweep), "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "index.html").exists()
 
 
-def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(smoke_sweep: Path, tmp_path: Path) -> None:
+def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(
+    smoke_sweep: Path, tmp_path: Path
+) -> None:
     """A run file relabelled as measured on CUDA (no GPU here) next to its CPU original draws figure (g)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -175,7 +207,9 @@ def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(smoke_swee
 
     from gradsweep.config import run_key
 
-    src = sorted(smoke_sweep.glob("sigmoid-*/grad_stats.parquet"))[0]  # no dead output unit: every norm > 0
+    src = sorted(smoke_sweep.glob("sigmoid-*/grad_stats.parquet"))[
+        0
+    ]  # no dead output unit: every norm > 0
     table = pq.read_table(src)
     meta = dict(table.schema.metadata)
     config = yaml.safe_load(meta[b"gradsweep.config"])
@@ -194,4 +228,6 @@ def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(smoke_swee
     target.parent.mkdir()
     pq.write_table(table.replace_schema_metadata(meta), target)
     report = build_report([src.parent, target.parent], tmp_path / "report")
-    assert "devices" in report.figures and report.figures["devices"].read_bytes().startswith(b"\x89PNG")
+    assert "devices" in report.figures and report.figures["devices"].read_bytes().startswith(
+        b"\x89PNG"
+    )

@@ -24,7 +24,7 @@ a minute) is marked slow; the rest runs in about 20 s.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -38,13 +38,33 @@ PLAIN_SKIP = (1, 1)
 BN_SKIP = (3, 1)
 
 
-@lru_cache(maxsize=None)
-def _run(act: str, sw2: float, batchnorm: bool = False, batch: int = BATCH, depth: int = DEPTH,
-         replicas: int = SEEDS, seed: int = 0) -> pd.DataFrame:
+@cache
+def _run(
+    act: str,
+    sw2: float,
+    batchnorm: bool = False,
+    batch: int = BATCH,
+    depth: int = DEPTH,
+    replicas: int = SEEDS,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Step-0 weight and preact rows of one measured run, sorted by replica and layer."""
-    cfg = dict(act=act, depth=depth, width=WIDTH, batch_size=batch, replicas=replicas, seed=seed,
-               dtype="float64", init="fan_in", init_scale=math.sqrt(sw2), bias_init="zeros", loss="mean",
-               output_act=False, steps=0, batchnorm=batchnorm)
+    cfg = dict(
+        act=act,
+        depth=depth,
+        width=WIDTH,
+        batch_size=batch,
+        replicas=replicas,
+        seed=seed,
+        dtype="float64",
+        init="fan_in",
+        init_scale=math.sqrt(sw2),
+        bias_init="zeros",
+        loss="mean",
+        output_act=False,
+        steps=0,
+        batchnorm=batchnorm,
+    )
     stats = GradientFlowRun(cfg).run().stats
     rows = stats[stats["tensor"].isin(["weight", "preact"]) & (stats["step"] == 0)]
     return rows.sort_values(["replica", "layer"]).reset_index(drop=True)
@@ -53,10 +73,12 @@ def _run(act: str, sw2: float, batchnorm: bool = False, batch: int = BATCH, dept
 def _bulks(rows: pd.DataFrame, tensor: str, skip: tuple[int, int]) -> np.ndarray:
     """Each replica's bulk factor of the measured `tensor` gradient norms."""
     picked = rows[rows["tensor"] == tensor]
-    return np.array([
-        theory.bulk_factor(theory.factors_from_norms(group["grad_norm"].to_numpy()), *skip)
-        for _, group in picked.groupby("replica")
-    ])
+    return np.array(
+        [
+            theory.bulk_factor(theory.factors_from_norms(group["grad_norm"].to_numpy()), *skip)
+            for _, group in picked.groupby("replica")
+        ]
+    )
 
 
 def _predicted_bulk(rows: pd.DataFrame, skip: tuple[int, int]) -> float:
@@ -86,8 +108,9 @@ def test_tanh_factor_matches_layer_resolved_prediction(sw2: float) -> None:
     """tanh: sqrt(chi_1^(l)) along the length map q^l (the fixed-point chi_1 is off by several % at depth 20)."""
     rows = _run("tanh", sw2)
     predicted = theory.bulk_factor(
-        theory.predict_preact_factors("tanh", DEPTH, WIDTH, init="fan_in", init_scale=math.sqrt(sw2),
-                                      bias_init="zeros"),
+        theory.predict_preact_factors(
+            "tanh", DEPTH, WIDTH, init="fan_in", init_scale=math.sqrt(sw2), bias_init="zeros"
+        ),
         *PLAIN_SKIP,
     )
     assert _predicted_bulk(rows, PLAIN_SKIP) == pytest.approx(predicted, rel=1e-12)
@@ -105,7 +128,10 @@ def test_relu_batchnorm_factor_is_sqrt_of_finite_batch_rate(batch: int, sw2: flo
 
 def test_relu_batchnorm_factor_does_not_depend_on_sigma_w() -> None:
     """The BatchNorm rate is the same to 0.1% for sigma_w^2 = 0.5, 2 and 8 (same seeds, batch 256)."""
-    means = [_bulks(_run("relu", sw2, batchnorm=True), "preact", BN_SKIP).mean() for sw2 in (0.5, 2.0, 8.0)]
+    means = [
+        _bulks(_run("relu", sw2, batchnorm=True), "preact", BN_SKIP).mean()
+        for sw2 in (0.5, 2.0, 8.0)
+    ]
     assert max(means) / min(means) - 1 < 1e-3
 
 

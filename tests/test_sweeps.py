@@ -16,7 +16,14 @@ import pytest
 from gradsweep.store import STATS_FILE, read_metadata, read_run
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP = ["act=sigmoid,relu", "depth=3,6", "batchnorm=false,true", "steps=40", "clip=1.0", "optimizer=adam"]
+SWEEP = [
+    "act=sigmoid,relu",
+    "depth=3,6",
+    "batchnorm=false,true",
+    "steps=40",
+    "clip=1.0",
+    "optimizer=adam",
+]
 N_RUNS = 8
 
 
@@ -27,8 +34,14 @@ def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
 def run_sweep(sweep_dir: Path, *overrides: str, expect_rc: int = 0) -> subprocess.CompletedProcess:
     """Run `python -m gradsweep -m ...` into `sweep_dir`; check its exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run(sweep_cmd(sweep_dir, *overrides), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        sweep_cmd(sweep_dir, *overrides),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == expect_rc, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -41,7 +54,8 @@ def stats_files(sweep_dir: Path) -> dict[str, Path]:
 def run_files(sweep_dir: Path) -> set[str]:
     """Every file a sweep left in its run dirs except Hydra's log and records (paths relative to the sweep dir)."""
     return {
-        str(p.relative_to(sweep_dir)) for p in sweep_dir.glob("*/*")
+        str(p.relative_to(sweep_dir))
+        for p in sweep_dir.glob("*/*")
         if p.is_file() and p.name != "gradsweep.log"
     }
 
@@ -59,9 +73,12 @@ def assert_stats_close(a: pd.DataFrame, b: pd.DataFrame) -> None:
     noise = (a["grad_norm"] <= 1e-6 * a["total_grad_norm"]).to_numpy()
     loose = ["grad_hist", "grad_frac_zero"]
     params = ["param_norm", "param_std"]
-    pd.testing.assert_frame_equal(a.drop(columns=loose + params), b.drop(columns=loose + params),
-                                  rtol=1e-5, atol=1e-6)
-    pd.testing.assert_frame_equal(a.loc[~noise, params], b.loc[~noise, params], rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        a.drop(columns=loose + params), b.drop(columns=loose + params), rtol=1e-5, atol=1e-6
+    )
+    pd.testing.assert_frame_equal(
+        a.loc[~noise, params], b.loc[~noise, params], rtol=1e-5, atol=1e-6
+    )
     moved = ((a["grad_frac_zero"] - b["grad_frac_zero"]).abs() * a["numel"]).to_numpy()
     assert (moved[~noise] <= 1 + 1e-9).all()
     for is_noise, hist_a, hist_b in zip(noise, a["grad_hist"], b["grad_hist"]):
@@ -82,7 +99,9 @@ def assert_same_sweep(a: Path, b: Path, exact: bool = True) -> None:
         else:
             assert_stats_close(frame_a, frame_b)
         meta_a, meta_b = read_metadata(files_a[name]), read_metadata(files_b[name])
-        summary_a, summary_b = (pd.read_json(io.StringIO(m.pop("summary"))) for m in (meta_a, meta_b))
+        summary_a, summary_b = (
+            pd.read_json(io.StringIO(m.pop("summary"))) for m in (meta_a, meta_b)
+        )
         assert meta_a == meta_b
         if exact:
             pd.testing.assert_frame_equal(summary_a, summary_b, check_exact=True)
@@ -91,7 +110,9 @@ def assert_same_sweep(a: Path, b: Path, exact: bool = True) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def reference_sweep(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess]:
     """The SWEEP run once, uninterrupted, with the basic launcher."""
     sweep_dir = tmp_path_factory.mktemp("reference")
     return sweep_dir, run_sweep(sweep_dir, *SWEEP)
@@ -106,7 +127,9 @@ def test_basic_sweep_prints_one_line_per_run_and_a_summary(reference_sweep):
     assert len(stats_files(sweep_dir)) == N_RUNS
 
 
-@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)]
+)
 def test_launchers_write_identical_statistics(reference_sweep, tmp_path, launcher):
     run_sweep(tmp_path, *SWEEP, f"hydra/launcher={launcher}")
     assert_same_sweep(reference_sweep[0], tmp_path)
@@ -114,8 +137,14 @@ def test_launchers_write_identical_statistics(reference_sweep, tmp_path, launche
 
 def test_resume_after_sigkill_equals_uninterrupted_sweep(reference_sweep, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(sweep_cmd(tmp_path, *SWEEP), cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, *SWEEP),
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not stats_files(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -129,10 +158,18 @@ def test_resume_after_sigkill_equals_uninterrupted_sweep(reference_sweep, tmp_pa
     assert not list(tmp_path.glob("*/.*.tmp")) and not list(tmp_path.glob("*/FAILED.txt"))
 
 
-@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow),
-                                      pytest.param("submitit_local", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "basic",
+        pytest.param("joblib", marks=pytest.mark.slow),
+        pytest.param("submitit_local", marks=pytest.mark.slow),
+    ],
+)
 def test_failed_run_is_recorded_and_others_still_run(tmp_path, launcher):
-    overrides = ["device=cpu,cuda,auto", "steps=2"] + ([] if launcher == "basic" else [f"hydra/launcher={launcher}"])
+    overrides = ["device=cpu,cuda,auto", "steps=2"] + (
+        [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    )
     proc = run_sweep(tmp_path, *overrides, expect_rc=1)
     assert "gradsweep: 1 of 3 runs failed; see FAILED.txt in their run dirs" in proc.stderr
     assert "failed: device=cuda steps=2: DeviceUnavailableError" in proc.stdout
@@ -151,8 +188,13 @@ def test_failed_run_is_recorded_and_others_still_run(tmp_path, launcher):
 
 
 def test_single_run_user_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "gradsweep", "device=cuda", f"hydra.run.dir={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradsweep", "device=cuda", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("gradsweep: error: device=cuda was requested")
@@ -160,26 +202,55 @@ def test_single_run_user_error_is_one_line(tmp_path):
 
 
 def test_replica_groups_write_what_separate_runs_write(tmp_path):
-    overrides = ["act=tanh", "seed=1,2,3", "init_scale=0.5,2", "steps=20", "clip=0.5", "optimizer=adam"]
+    overrides = [
+        "act=tanh",
+        "seed=1,2,3",
+        "init_scale=0.5,2",
+        "steps=20",
+        "clip=0.5",
+        "optimizer=adam",
+    ]
     run_sweep(tmp_path / "separate", *overrides)
     proc = run_sweep(tmp_path / "grouped", *overrides, "hydra.sweeper.group_size=4")
-    assert proc.stdout.count("(replica group of 4)") == 4 and proc.stdout.count("(replica group of 2)") == 2
+    assert (
+        proc.stdout.count("(replica group of 4)") == 4
+        and proc.stdout.count("(replica group of 2)") == 2
+    )
     assert "Launching 2 jobs" in proc.stdout
     separate, grouped = stats_files(tmp_path / "separate"), stats_files(tmp_path / "grouped")
     assert_same_sweep(tmp_path / "separate", tmp_path / "grouped", exact=False)
     for name, path in grouped.items():
         assert (path.parent / ".hydra" / "config.yaml").exists()
-        assert read_run(path)["init_scale"].iloc[0] == read_run(separate[name])["init_scale"].iloc[0]
+        assert (
+            read_run(path)["init_scale"].iloc[0] == read_run(separate[name])["init_scale"].iloc[0]
+        )
     resumed = run_sweep(tmp_path / "grouped", *overrides, "hydra.sweeper.group_size=4")
     assert "6 skipped" in resumed.stdout
 
 
 def test_slurm_preset_composes_with_documented_fields(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "gradsweep", "hydra/launcher=slurm", "hydra.launcher.partition=a100", "--cfg", "hydra"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "gradsweep",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=a100",
+            "--cfg",
+            "hydra",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    for line in ("SlurmLauncher", "partition: a100", "gpus_per_task: 1", "timeout_min: 60", "array_parallelism: 32"):
+    for line in (
+        "SlurmLauncher",
+        "partition: a100",
+        "gpus_per_task: 1",
+        "timeout_min: 60",
+        "array_parallelism: 32",
+    ):
         assert line in text

@@ -18,7 +18,9 @@ from gradsweep import theory as T
 def test_gauss_expect_matches_gaussian_moments(q: float) -> None:
     assert T.gauss_expect(lambda x: x**2, q) == pytest.approx(q, rel=1e-12)
     assert T.gauss_expect(lambda x: x**4, q) == pytest.approx(3 * q * q, rel=1e-12)
-    assert T.gauss_expect(T.activation("relu"), q) == pytest.approx(math.sqrt(q / (2 * math.pi)), rel=1e-12)
+    assert T.gauss_expect(T.activation("relu"), q) == pytest.approx(
+        math.sqrt(q / (2 * math.pi)), rel=1e-12
+    )
 
 
 def test_gauss_expect_is_vectorised_over_q() -> None:
@@ -27,7 +29,9 @@ def test_gauss_expect_is_vectorised_over_q() -> None:
 
 
 def test_selu_derivative_moment_closed_form() -> None:
-    expected = T.SELU_SCALE**2 * (0.5 + T.SELU_ALPHA**2 * math.exp(2) * 0.5 * math.erfc(math.sqrt(2)))
+    expected = T.SELU_SCALE**2 * (
+        0.5 + T.SELU_ALPHA**2 * math.exp(2) * 0.5 * math.erfc(math.sqrt(2))
+    )
     got = T.gauss_expect(lambda x: T.activation_derivative("selu")(x) ** 2, 1.0)
     assert got == pytest.approx(expected, rel=1e-12)
 
@@ -46,8 +50,12 @@ def test_derivative_table_matches_autograd(act: str) -> None:
     }[act]
     y = module(x)
     (grad,) = torch.autograd.grad(y.sum(), x)
-    np.testing.assert_allclose(T.activation(act)(x.detach().numpy()), y.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(T.activation_derivative(act)(x.detach().numpy()), grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        T.activation(act)(x.detach().numpy()), y.detach().numpy(), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        T.activation_derivative(act)(x.detach().numpy()), grad.numpy(), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_sigmoid_derivative_peaks_at_a_quarter() -> None:
@@ -75,7 +83,9 @@ def test_tanh_fixed_point_solves_length_map() -> None:
     q_star, chi1, _ = T.fixed_point("tanh", 1.5, 0.05)
     mapped = 1.5 * T.gauss_expect(lambda x: np.tanh(x) ** 2, q_star) + 0.05
     assert q_star > 0 and mapped == pytest.approx(q_star, rel=1e-10)
-    assert chi1 == pytest.approx(1.5 * T.gauss_expect(lambda x: np.cosh(x) ** -4, q_star), rel=1e-12)
+    assert chi1 == pytest.approx(
+        1.5 * T.gauss_expect(lambda x: np.cosh(x) ** -4, q_star), rel=1e-12
+    )
 
 
 def test_depth_scale_is_infinite_at_criticality() -> None:
@@ -96,7 +106,9 @@ def test_length_map_of_linear_network_is_a_product() -> None:
 
 @pytest.mark.parametrize("scale", [0.7, 1.0, 1.3])
 def test_linear_network_factor_is_sigma_w(scale: float) -> None:
-    f = T.predict_preact_factors("identity", 7, 64, init="fan_in", init_scale=scale, bias_init="default")
+    f = T.predict_preact_factors(
+        "identity", 7, 64, init="fan_in", init_scale=scale, bias_init="default"
+    )
     np.testing.assert_allclose(f, scale, rtol=1e-13)
 
 
@@ -115,7 +127,9 @@ def test_relu_batchnorm_closed_form_matches_quadrature(batch: int) -> None:
 
 @pytest.mark.parametrize("batch", [4, 6, 32, 256])
 def test_linear_batchnorm_rate_is_b_minus_2_over_b_minus_3(batch: int) -> None:
-    assert T.batchnorm_rate("identity", batch) == pytest.approx((batch - 2) / (batch - 3), rel=1e-10)
+    assert T.batchnorm_rate("identity", batch) == pytest.approx(
+        (batch - 2) / (batch - 3), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("act", T.ACTIVATIONS)
@@ -126,7 +140,9 @@ def test_finite_batch_rate_tends_to_large_batch_rate(act: str) -> None:
 
 def test_batchnorm_factors_ignore_sigma_w_in_the_interior() -> None:
     rates = [
-        T.predict_preact_factors("tanh", 8, 64, init="fan_in", init_scale=s, batchnorm=True, batch_size=32)[1:-1]
+        T.predict_preact_factors(
+            "tanh", 8, 64, init="fan_in", init_scale=s, batchnorm=True, batch_size=32
+        )[1:-1]
         for s in (0.5, 1.0, 3.0)
     ]
     for r in rates:
@@ -164,7 +180,9 @@ def test_sigma_w2_matches_torch_init(init: str, shape: tuple[int, int]) -> None:
     fan_in, fan_out = shape
     w = _torch_init(init, 1.7, fan_in, fan_out)
     rel = 5 * math.sqrt(2 / w.numel())  # five standard errors of a Gaussian variance estimate
-    assert fan_in * w.pow(2).mean().item() == pytest.approx(T.sigma_w2(init, 1.7, fan_in, fan_out), rel=rel)
+    assert fan_in * w.pow(2).mean().item() == pytest.approx(
+        T.sigma_w2(init, 1.7, fan_in, fan_out), rel=rel
+    )
 
 
 def test_sigma_b2_matches_torch_default_bias() -> None:
@@ -214,7 +232,9 @@ def test_bulk_factor_is_interior_geometric_mean() -> None:
 # ------------------------------------------------------------------ Monte Carlo
 
 
-def _measured_factors(act: str, depth: int, width: int, batch: int, sw2: float, batchnorm: bool, seed: int):
+def _measured_factors(
+    act: str, depth: int, width: int, batch: int, sw2: float, batchnorm: bool, seed: int
+):
     """Per-layer |dL/dz_l| / |dL/dz_{l+1}| of a plain-torch float64 MLP (fan_in init, default bias)."""
     g = torch.Generator().manual_seed(seed)
     phi = {"tanh": torch.tanh, "relu": torch.relu}[act]
@@ -236,9 +256,13 @@ def _measured_factors(act: str, depth: int, width: int, batch: int, sw2: float, 
     return T.factors_from_norms([z.grad.norm().item() for z in zs])
 
 
-def _mc_bulk(act: str, depth: int, width: int, batch: int, sw2: float, batchnorm: bool, skip_first: int) -> float:
+def _mc_bulk(
+    act: str, depth: int, width: int, batch: int, sw2: float, batchnorm: bool, skip_first: int
+) -> float:
     """Bulk factor of per-layer factors averaged geometrically over three seeds."""
-    runs = np.array([_measured_factors(act, depth, width, batch, sw2, batchnorm, s) for s in range(3)])
+    runs = np.array(
+        [_measured_factors(act, depth, width, batch, sw2, batchnorm, s) for s in range(3)]
+    )
     return T.bulk_factor(np.exp(np.log(runs).mean(0)), skip_first=skip_first, skip_last=1)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from gradsweep import theory_figures as TF
 from gradsweep.store import RunSet
 
@@ -29,7 +29,9 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("presets")
     out = {}
     for name, overrides in SMALL.items():
-        done = run_cli("-m", f"experiment={name}", *overrides, f"hydra.sweep.dir={root / name}", cwd=root)
+        done = run_cli(
+            "-m", f"experiment={name}", *overrides, f"hydra.sweep.dir={root / name}", cwd=root
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         out[name] = root / name
     return out
@@ -37,7 +39,9 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_each_preset_draws_its_figures(sweeps: dict[str, Path], name: str, tmp_path: Path) -> None:
-    done = run_cli(str(sweeps[name]), str(tmp_path), cwd=tmp_path, module="gradsweep.theory_figures")
+    done = run_cli(
+        str(sweeps[name]), str(tmp_path), cwd=tmp_path, module="gradsweep.theory_figures"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     drawn = {p.stem for p in tmp_path.glob("*.png")}
     assert drawn == EXPECTED[name]
@@ -61,7 +65,9 @@ def test_phase_diagram_needs_three_sigma_w2_values(sweeps: dict[str, Path]) -> N
 
 
 def test_files_without_prediction_columns_get_no_overlay(sweeps: dict[str, Path]) -> None:
-    frame = TF.theory_frame(RunSet([sweeps["glorot_fig8"]])).drop(columns=["pred_preact_factor", "pred_preact_norm"])
+    frame = TF.theory_frame(RunSet([sweeps["glorot_fig8"]])).drop(
+        columns=["pred_preact_factor", "pred_preact_norm"]
+    )
     assert TF.prediction_overlay(frame) is None
     assert TF.bulk_error(frame) is None
     assert TF.glorot_fig8(frame) is not None

@@ -34,7 +34,14 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradsweep.config import ConfigValueError, validate
-from gradsweep.groups import GROUP_ENV, POSITION_ENV, JobPlan, encode_members, member_config, plan_groups
+from gradsweep.groups import (
+    GROUP_ENV,
+    POSITION_ENV,
+    JobPlan,
+    encode_members,
+    member_config,
+    plan_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +51,17 @@ RUN_DIRNAME_SUBDIR = "${run_dirname:}"
 class ValidatingSweeper(BasicSweeper):
     """BasicSweeper with range checks, replica groups, sweep positions and failure isolation."""
 
-    def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
-                 group_size: int = 1) -> None:
+    def __init__(
+        self,
+        max_batch_size: Optional[int],
+        params: Optional[Dict[str, str]] = None,
+        group_size: int = 1,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         if group_size < 1:
-            raise ValueError(f"hydra.sweeper.group_size={group_size} is invalid: it must be an integer >= 1")
+            raise ValueError(
+                f"hydra.sweeper.group_size={group_size} is invalid: it must be an integer >= 1"
+            )
         self.group_size = group_size
         self.plans: List[JobPlan] = []
         self._members: Dict[tuple, List[List[str]]] = {}
@@ -58,9 +71,13 @@ class ValidatingSweeper(BasicSweeper):
         """`key=value` on the app config: no config group, no hydra key, no +/~, no sweep."""
         assert self.hydra_context is not None
         repository = self.hydra_context.config_loader.repository  # type: ignore[attr-defined]
-        return (override.type == OverrideType.CHANGE and override.value_type == ValueType.ELEMENT
-                and override.package is None and not override.is_hydra_override()
-                and not repository.group_exists(override.key_or_group))
+        return (
+            override.type == OverrideType.CHANGE
+            and override.value_type == ValueType.ELEMENT
+            and override.package is None
+            and not override.is_hydra_override()
+            and not repository.group_exists(override.key_or_group)
+        )
 
     def _job_config(self, overrides: Sequence[str]) -> DictConfig:
         """The app config (no `hydra` node) of one job, composing only for a new set of structural overrides."""
@@ -70,10 +87,15 @@ class ValidatingSweeper(BasicSweeper):
         plain = [self._is_plain_value(o) for o in parsed]
         values = [o for o, is_plain in zip(parsed, plain) if is_plain]
         # hydra.job.env_set.* (each job's position and group) cannot change the app config
-        structural = tuple(o.input_line for o, is_plain in zip(parsed, plain)
-                           if not is_plain and not o.key_or_group.startswith("hydra.job.env_set."))
+        structural = tuple(
+            o.input_line
+            for o, is_plain in zip(parsed, plain)
+            if not is_plain and not o.key_or_group.startswith("hydra.job.env_set.")
+        )
         if structural not in self._composed:
-            app = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(structural))
+            app = loader.load_sweep_config(
+                master_config=self.config, sweep_overrides=list(structural)
+            )
             with open_dict(app):
                 del app["hydra"]
             self._composed[structural] = app
@@ -86,7 +108,9 @@ class ValidatingSweeper(BasicSweeper):
         for overrides in batch:
             job_cfg = self._job_config(overrides)
             members = self._members.get(tuple(overrides), [])
-            for cfg, member in [(job_cfg, None)] + [(member_config(job_cfg, m), m) for m in members]:
+            for cfg, member in [(job_cfg, None)] + [
+                (member_config(job_cfg, m), m) for m in members
+            ]:
                 try:
                     validate(cfg)
                 except ConfigValueError as err:
@@ -157,11 +181,17 @@ class ValidatingSweeper(BasicSweeper):
         if not failed:
             return
         for result in failed:
-            run_dir = result.hydra_cfg.hydra.runtime.output_dir if result.hydra_cfg is not None else "?"
+            run_dir = (
+                result.hydra_cfg.hydra.runtime.output_dir if result.hydra_cfg is not None else "?"
+            )
             error = result._return_value
-            log.error(f"failed: {' '.join(filter_overrides(result.overrides))}: {type(error).__name__}: {error} "
-                      f"(traceback in {run_dir}/FAILED.txt)")
-        raise SystemExit(f"gradsweep: {counts['failed']} of {total} runs failed; see FAILED.txt in their run dirs")
+            log.error(
+                f"failed: {' '.join(filter_overrides(result.overrides))}: {type(error).__name__}: {error} "
+                f"(traceback in {run_dir}/FAILED.txt)"
+            )
+        raise SystemExit(
+            f"gradsweep: {counts['failed']} of {total} runs failed; see FAILED.txt in their run dirs"
+        )
 
 
 @dataclass
@@ -172,4 +202,6 @@ class ValidatingSweeperConf:
     group_size: int = 1
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="gradsweep", node=ValidatingSweeperConf, provider="gradsweep")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="gradsweep", node=ValidatingSweeperConf, provider="gradsweep"
+)
