@@ -26,27 +26,9 @@ from gradsweep.bins import (
     HIST_ZERO,
     N_HIST_BINS,
 )  # noqa: E402
-from gradsweep.store import CONFIG_COLUMNS, RunSet  # noqa: E402
+from gradsweep.schema import AXIS_PRIORITY, CONFIG_COLUMNS  # noqa: E402
+from gradsweep.store import RunSet  # noqa: E402
 
-AXIS_PRIORITY = (
-    "act",
-    "depth",
-    "init_scale",
-    "width",
-    "init",
-    "batchnorm",
-    "clip",
-    "output_act",
-    "bias_init",
-    "dtype",
-    "device",
-    "optimizer",
-    "lr",
-    "batch_size",
-    "loss_name",
-    "steps",
-    "data_seed",
-)
 BAND = ("pi", 100)
 
 

@@ -24,6 +24,7 @@ import yaml
 
 from gradsweep.bins import HIST_BIN_LABELS
 from gradsweep.config import run_key
+from gradsweep.schema import CONFIG_COLUMNS
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -31,25 +32,6 @@ SCHEMA_VERSION = 2
 STATS_FILE = "grad_stats.parquet"
 FAILURE_FILE = "FAILED.txt"
 META_PREFIX = "gradsweep."
-CONFIG_COLUMNS: tuple[str, ...] = (
-    "act",
-    "depth",
-    "width",
-    "init",
-    "init_scale",
-    "bias_init",
-    "batchnorm",
-    "output_act",
-    "device",
-    "dtype",
-    "optimizer",
-    "lr",
-    "batch_size",
-    "data_seed",
-    "steps",
-    "loss_name",
-    "clip",
-)
 
 
 class SchemaVersionError(ValueError):

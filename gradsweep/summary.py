@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gradsweep.store import CONFIG_COLUMNS, RunSet
+from gradsweep.schema import CONFIG_COLUMNS
+from gradsweep.store import RunSet
 
 RUN_ID = ["run_key", "replica"]
 
