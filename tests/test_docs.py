@@ -1,4 +1,4 @@
-"""The reference docs agree with the code: configuration keys, defaults and choices; links resolve."""
+"""The reference docs agree with the code: configuration keys, defaults, choices; links."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _key_rows() -> dict[str, tuple[str, str]]:
             continue
         keys = re.findall(r"`([a-z_]+)`", cells[0])
         defaults = [d.strip().strip("`") for d in cells[1].split(",")]
-        assert len(defaults) == len(keys), f"row {cells[0]}: {len(keys)} keys, defaults {cells[1]!r}"
+        assert len(defaults) == len(keys), f"row {cells[0]}: defaults {cells[1]!r}"
         for key, default in zip(keys, defaults):
             rows[key] = (default, cells[2])
     return rows
