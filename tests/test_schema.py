@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,8 @@ from gradsweep import schema, store
 from gradsweep.config import RUN_KEYS, RunConfig
 from gradsweep.experiment import run_experiment
 from gradsweep.summary import SUMMARY_COLUMNS
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "file-format.md"
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +72,31 @@ def test_configuration_columns_hold_run_keys() -> None:
 def test_run_metadata_has_the_documented_keys() -> None:
     meta = store.run_metadata("act: sigmoid\n", "cpu", "ok", "[]")
     assert list(meta) == list(schema.METADATA)
+
+
+def _block(text: str, name: str) -> str:
+    found = re.search(rf"<!-- {name}: begin -->\n(.*?)<!-- {name}: end -->\n", text, re.S)
+    assert found, f"docs/file-format.md has no {name} block"
+    return found.group(1)
+
+
+def test_every_column_is_documented_and_every_documented_column_exists() -> None:
+    documented = re.findall(r"^\| `(\w+)` \|", _block(DOC.read_text(), "columns"), re.M)
+    undocumented = [c for c in schema.names() if c not in documented]
+    unknown = [c for c in documented if c not in schema.names()]
+    assert not undocumented and not unknown, (
+        f"undocumented columns {undocumented}, documented columns not in the schema {unknown}: "
+        "paste `python -m gradsweep.schema --markdown` into docs/file-format.md"
+    )
+
+
+def test_the_docs_tables_are_the_generated_ones(capsys) -> None:
+    assert schema.main(["--markdown"]) == 0
+    printed = capsys.readouterr().out
+    text = DOC.read_text()
+    for name, block in schema.doc_blocks().items():
+        assert schema.marked(name, block) in printed
+        assert _block(text, name) == block, (
+            f"the {name} table of docs/file-format.md is stale: "
+            "paste `python -m gradsweep.schema --markdown` into it"
+        )
