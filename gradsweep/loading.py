@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from numbers import Integral
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import pandas as pd
 import pyarrow.dataset as ds
@@ -19,7 +19,8 @@ import pyarrow.dataset as ds
 from gradsweep.schema import COLUMNS_BY_NAME, HIST_COLUMN, names
 from gradsweep.store import Problem, RunSet
 
-ON_PROBLEMS: tuple[str, ...] = ("warn", "raise", "ignore")
+OnProblems = Literal["warn", "raise", "ignore"]
+ON_PROBLEMS: tuple[str, ...] = get_args(OnProblems)
 
 
 class SkippedRunsWarning(UserWarning):
@@ -54,7 +55,9 @@ def _columns(columns: Sequence[str] | None, histograms: bool) -> list[str]:
     return list(columns)
 
 
-def _filter(steps: int | Iterable[int] | None, filter: ds.Expression | None) -> ds.Expression:
+def _filter(
+    steps: int | Iterable[int] | None, filter: ds.Expression | None
+) -> ds.Expression | None:
     if steps is not None:
         wanted = [int(steps)] if isinstance(steps, Integral) else [int(s) for s in steps]
         by_step = ds.field("step").isin(wanted)
@@ -68,7 +71,7 @@ def load(
     histograms: bool = False,
     steps: int | Iterable[int] | None = None,
     filter: ds.Expression | None = None,
-    problems: Literal["warn", "raise", "ignore"] = "warn",
+    problems: OnProblems = "warn",
 ) -> pd.DataFrame:
     """The rows of every usable run under `paths` (run files, run dirs, sweep dirs), one frame.
 
@@ -80,6 +83,8 @@ def load(
     SkippedRunsError ("raise"), or not reported ("ignore"); the frame's
     `attrs["problems"]` lists them. With no usable run at all, raises ValueError.
     """
+    if not paths:
+        raise TypeError("load() needs at least one run file, run dir or sweep dir")
     if problems not in ON_PROBLEMS:
         choices = ", ".join(ON_PROBLEMS)
         raise ValueError(f"problems={problems!r} is not valid; choose one of: {choices}")

@@ -241,7 +241,7 @@ CONFIG_KEYS: dict[str, str] = {
 }
 PRED_COLUMNS: tuple[str, ...] = names(Role.prediction)
 HIST_COLUMN: str = names(Role.histogram)[0]
-# String columns are read dictionary-encoded: few distinct values over many rows.
+# The string-valued columns: few distinct values over many rows.
 STRING_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.type == STRING)
 
 # The configuration columns in the order figures prefer them as axes, most telling first.

@@ -65,6 +65,8 @@ def test_an_unknown_column_or_mode_names_the_choices(layout) -> None:
         gradsweep.load(layout["file"], columns=["grad_norm", "colour"])
     with pytest.raises(ValueError, match="problems='loud' is not valid; choose one of: warn"):
         gradsweep.load(layout["file"], problems="loud")
+    with pytest.raises(TypeError, match="at least one"):
+        gradsweep.load()
 
 
 @pytest.fixture
