@@ -12,9 +12,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any
+from typing import Any, get_type_hints
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -109,6 +108,12 @@ class AppConfig(RunConfig):
 
 
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+# The valid values of each choice-valued run key, from its Enum: the one list of choices.
+CHOICES: dict[str, tuple[str, ...]] = {
+    key: tuple(member.value for member in kind)
+    for key, kind in get_type_hints(RunConfig).items()
+    if isinstance(kind, type) and issubclass(kind, Enum)
+}
 
 _POSITIVE_INT = (
     "depth",
@@ -124,6 +129,12 @@ _POSITIVE_INT = (
 
 class ConfigValueError(ValueError):
     """A configuration value outside its valid range; the message names key, value and range."""
+
+
+def check_choice(key: str, value: Any) -> None:
+    """Raise a ValueError naming the bad value of a choice-valued key and its valid choices."""
+    if value not in CHOICES[key]:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(CHOICES[key])}")
 
 
 def _plain(value: Any) -> Any:
@@ -168,7 +179,7 @@ def validate(cfg: Any) -> dict[str, Any]:
 
 
 def run_key(cfg: Any) -> str:
-    """Stable 16-hex-digit hash of the run's resolved keys (not the Hydra node, not output names)."""
+    """Stable 16-hex-digit hash of the run's resolved keys (not the Hydra node nor output names)."""
     payload = json.dumps(run_values(cfg), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -192,7 +203,12 @@ def _run_dirname_resolver(*, _root_: DictConfig) -> str:
 
 
 def register_configs() -> None:
-    """Register the schema and the run-dir resolver used by conf/hydra/ settings."""
+    """Register the schema and the run-dir resolver used by conf/hydra/ settings.
+
+    Hydra's ConfigStore is imported here, so that reading runs never loads it.
+    """
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="schema", node=AppConfig)
     if not OmegaConf.has_resolver("run_dirname"):
         OmegaConf.register_new_resolver("run_dirname", _run_dirname_resolver)

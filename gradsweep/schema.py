@@ -1,29 +1,249 @@
-"""The run file's schema: which columns a run file holds and what each means.
+"""The run file's schema: every column with its arrow type, nullability, role and meaning.
 
-Every other module takes the run file's column names from here.
+The writer, the readers, the configuration columns and the column tables in
+docs/file-format.md are all derived from `COLUMNS`; no other module lists the
+run file's columns. `python -m gradsweep.schema --markdown` prints the tables
+that docs/file-format.md holds between its marker comments.
 """
 
 from __future__ import annotations
 
-CONFIG_COLUMNS: tuple[str, ...] = (
-    "act",
-    "depth",
-    "width",
-    "init",
-    "init_scale",
-    "bias_init",
-    "batchnorm",
-    "output_act",
-    "device",
-    "dtype",
-    "optimizer",
-    "lr",
-    "batch_size",
-    "data_seed",
-    "steps",
-    "loss_name",
-    "clip",
+import argparse
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+import pyarrow as pa
+
+from gradsweep.bins import N_HIST_BINS
+from gradsweep.config import CHOICES
+
+SCHEMA_VERSION = 2
+STATS_FILE = "grad_stats.parquet"
+FAILURE_FILE = "FAILED.txt"
+META_PREFIX = "gradsweep."
+
+
+class Role(str, Enum):
+    """What a column holds; decides how readers and the docs group it."""
+
+    configuration = "configuration"
+    index = "index"
+    statistic = "statistic"
+    prediction = "prediction"
+    outcome = "outcome"
+    histogram = "histogram"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One run file column; `config_key` is the run key a configuration column holds."""
+
+    name: str
+    type: pa.DataType
+    nullable: bool
+    role: Role
+    meaning: str
+    config_key: str | None = None
+
+
+STRING = pa.large_string()
+INT = pa.int64()
+FLOAT = pa.float64()
+BOOL = pa.bool_()
+NULL, NOT_NULL = True, False
+CONFIG, INDEX, STAT = Role.configuration, Role.index, Role.statistic
+PRED, OUTCOME, HIST = Role.prediction, Role.outcome, Role.histogram
+
+
+def _one_of(key: str) -> str:
+    return ", ".join(CHOICES[key])
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column(
+        "run_key",
+        STRING,
+        NOT_NULL,
+        INDEX,
+        "16 hex digits: hash of the run's resolved configuration keys (not the Hydra node, "
+        "not output names)",
+    ),
+    Column(
+        "act", STRING, NOT_NULL, CONFIG, f"activation after every Linear layer: {_one_of('act')}"
+    ),
+    Column("depth", INT, NOT_NULL, CONFIG, "number of Linear layers"),
+    Column("width", INT, NOT_NULL, CONFIG, "units of every hidden layer"),
+    Column("init", STRING, NOT_NULL, CONFIG, f"weight init scheme: {_one_of('init')}"),
+    Column(
+        "init_scale",
+        FLOAT,
+        NOT_NULL,
+        CONFIG,
+        "multiplier of the init scheme's std that this replica used",
+    ),
+    Column("bias_init", STRING, NOT_NULL, CONFIG, f"bias init: {_one_of('bias_init')}"),
+    Column(
+        "batchnorm",
+        BOOL,
+        NOT_NULL,
+        CONFIG,
+        "BatchNorm1d after every hidden Linear layer, before its activation",
+    ),
+    Column(
+        "output_act", BOOL, NOT_NULL, CONFIG, "whether the output layer gets the activation too"
+    ),
+    Column("device", STRING, NOT_NULL, CONFIG, f"device as configured: {_one_of('device')}"),
+    Column("dtype", STRING, NOT_NULL, CONFIG, f"parameter and gradient dtype: {_one_of('dtype')}"),
+    Column("optimizer", STRING, NOT_NULL, CONFIG, f"optimizer: {_one_of('optimizer')}"),
+    Column("lr", FLOAT, NOT_NULL, CONFIG, "learning rate"),
+    Column("batch_size", INT, NOT_NULL, CONFIG, "inputs per step"),
+    Column(
+        "data_seed",
+        INT,
+        NOT_NULL,
+        CONFIG,
+        "seed of the input batches (and of the teacher for loss=mse)",
+    ),
+    Column("steps", INT, NOT_NULL, CONFIG, "optimizer updates the run makes"),
+    Column(
+        "loss_name",
+        STRING,
+        NOT_NULL,
+        CONFIG,
+        f"the `loss` key: {_one_of('loss')}",
+        config_key="loss",
+    ),
+    Column(
+        "clip",
+        FLOAT,
+        NULL,
+        CONFIG,
+        "clip threshold of each replica's total gradient L2 norm; null when clipping is off",
+    ),
+    Column("seed", INT, NOT_NULL, INDEX, "the init seed this replica used (seed + replica)"),
+    Column("replica", INT, NOT_NULL, INDEX, "replica index, 0..replicas-1"),
+    Column(
+        "step",
+        INT,
+        NOT_NULL,
+        INDEX,
+        "optimizer updates done before this measurement; 0 = the first backward pass, at "
+        "initialisation",
+    ),
+    Column(
+        "layer", INT, NOT_NULL, INDEX, "Linear layer index, 0 = input side, depth-1 = output side"
+    ),
+    Column(
+        "tensor",
+        STRING,
+        NOT_NULL,
+        INDEX,
+        "`weight`, `bias`, `bn_weight`, `bn_bias` (BatchNorm affine parameters of that layer)"
+        " or `preact` (dL/dz_l at the Linear layer's output, before BatchNorm)",
+    ),
+    Column("grad_norm", FLOAT, NULL, STAT, "L2 norm of the gradient, before clipping"),
+    Column(
+        "grad_norm_clipped",
+        FLOAT,
+        NULL,
+        STAT,
+        "L2 norm after clipping (grad_norm times the replica's clip factor; equal to "
+        "grad_norm when clipping is off and for `preact`, which is never clipped)",
+    ),
+    Column("grad_mean", FLOAT, NULL, STAT, "mean over the tensor's elements"),
+    Column("grad_std", FLOAT, NULL, STAT, "population std (ddof=0) over the tensor's elements"),
+    Column("grad_min", FLOAT, NULL, STAT, "smallest element (null when the tensor holds a NaN)"),
+    Column("grad_max", FLOAT, NULL, STAT, "largest element (null when the tensor holds a NaN)"),
+    Column(
+        "grad_frac_zero",
+        FLOAT,
+        NOT_NULL,
+        STAT,
+        "fraction of elements exactly 0 (dead ReLU units show here)",
+    ),
+    Column("grad_n_nan", INT, NOT_NULL, STAT, "count of NaN elements"),
+    Column("grad_n_inf", INT, NOT_NULL, STAT, "count of +-Inf elements"),
+    Column("numel", INT, NOT_NULL, STAT, "elements per replica"),
+    Column(
+        "param_norm",
+        FLOAT,
+        NULL,
+        STAT,
+        "L2 norm of the parameter at the time of the gradient; null for `preact`",
+    ),
+    Column(
+        "param_std",
+        FLOAT,
+        NULL,
+        STAT,
+        "population std of the parameter at the time of the gradient; null for `preact`",
+    ),
+    Column("loss", FLOAT, NULL, OUTCOME, "the replica's loss at this step"),
+    Column(
+        "total_grad_norm",
+        FLOAT,
+        NULL,
+        STAT,
+        "L2 norm over all the replica's parameter gradients, before clipping (what "
+        "clip_grad_norm_ compares with the threshold)",
+    ),
+    Column(
+        "grad_hist",
+        pa.list_(INT),
+        NULL,
+        HIST,
+        f"{N_HIST_BINS} counts of log10 abs(g) in the fixed bins (see Histogram bins), summable "
+        "across runs; null on logged steps without a histogram (`hist_every`)",
+    ),
+    Column(
+        "pred_preact_factor",
+        FLOAT,
+        NULL,
+        PRED,
+        "mean-field prediction of abs(dL/dz_l) / abs(dL/dz_{l+1}) at initialisation, with the"
+        " replica's own init_scale; null on the output layer, on rows that are not `preact`, "
+        "and with BatchNorm below batch 4",
+    ),
+    Column(
+        "pred_preact_norm",
+        FLOAT,
+        NULL,
+        PRED,
+        "predicted abs(dL/dz_l): the output layer's measured `preact` norm of the same "
+        "replica and step times the predicted factors above it; null except on `preact` rows",
+    ),
+    Column(
+        "status",
+        pa.dictionary(pa.int8(), pa.string()),
+        NOT_NULL,
+        OUTCOME,
+        "`ok`, or `diverged` when any NaN/Inf appeared in a gradient, a norm or the loss of "
+        "this replica",
+    ),
+    Column("diverged_step", INT, NULL, OUTCOME, "first step with a non-finite value; null when ok"),
 )
+
+COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+RUN_SCHEMA: pa.Schema = pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in COLUMNS])
+
+
+def names(role: Role | None = None) -> tuple[str, ...]:
+    """Column names in file order, all of them or those of one role."""
+    return tuple(c.name for c in COLUMNS if role is None or c.role is role)
+
+
+CONFIG_COLUMNS: tuple[str, ...] = names(Role.configuration)
+# Configuration column -> the run key it holds (`loss_name` holds `loss`).
+CONFIG_KEYS: dict[str, str] = {
+    c.name: c.config_key or c.name for c in COLUMNS if c.role is Role.configuration
+}
+PRED_COLUMNS: tuple[str, ...] = names(Role.prediction)
+HIST_COLUMN: str = names(Role.histogram)[0]
+# The string-valued columns: few distinct values over many rows.
+STRING_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.type == STRING)
+
 # The configuration columns in the order figures prefer them as axes, most telling first.
 AXIS_PRIORITY: tuple[str, ...] = (
     "act",
@@ -44,3 +264,94 @@ AXIS_PRIORITY: tuple[str, ...] = (
     "steps",
     "data_seed",
 )
+
+# Key-value metadata in every run file's footer, each key under META_PREFIX.
+METADATA: dict[str, str] = {
+    "summary": "the run's per-replica summary metrics (the summary columns) as JSON",
+    "schema_version": f"version of this file format ({SCHEMA_VERSION})",
+    "version": "gradsweep version that wrote the file",
+    "torch_version": "torch version that ran the experiment",
+    "config": "the resolved run configuration as YAML",
+    "device_name": "`cpu` or the CUDA device's name",
+    "status": "`ok`, or `diverged` when any replica diverged",
+    "hist_bins": "labels of the `grad_hist` bins as a JSON list",
+}
+
+
+def check_columns(found: Iterable[str]) -> None:
+    """Raise a ValueError naming the columns missing from `found` and those the schema lacks."""
+    found = list(found)
+    missing = [n for n in names() if n not in found]
+    extra = [n for n in found if n not in COLUMNS_BY_NAME]
+    if missing or extra:
+        raise ValueError(
+            f"run file columns do not match the schema: missing {missing}, not in the schema "
+            f"{extra}; see gradsweep.schema.COLUMNS"
+        )
+
+
+def markdown_table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> str:
+    """A GitHub-flavoured Markdown table (a `|` in a cell is escaped)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def columns_markdown() -> str:
+    """The run file's columns as a Markdown table: name, arrow type, null, role, meaning."""
+    return markdown_table(
+        ("column", "type", "null", "role", "meaning"),
+        (
+            (f"`{c.name}`", str(c.type), "yes" if c.nullable else "no", c.role.value, c.meaning)
+            for c in COLUMNS
+        ),
+    )
+
+
+def metadata_markdown() -> str:
+    """The footer's key-value metadata as a Markdown table."""
+    return markdown_table(
+        ("key", "meaning"), ((f"`{META_PREFIX}{k}`", v) for k, v in METADATA.items())
+    )
+
+
+def summary_markdown(summary_columns: Mapping[str, str]) -> str:
+    """The per-run summary columns (`summary.SUMMARY_COLUMNS`) as a Markdown table."""
+    return markdown_table(
+        ("column", "meaning"), ((f"`{k}`", v) for k, v in summary_columns.items())
+    )
+
+
+def doc_blocks() -> dict[str, str]:
+    """The generated tables of docs/file-format.md, by the name in their marker comments."""
+    from gradsweep.summary import SUMMARY_COLUMNS  # summary imports this module
+
+    return {
+        "columns": columns_markdown(),
+        "metadata": metadata_markdown(),
+        "summary": summary_markdown(SUMMARY_COLUMNS),
+    }
+
+
+def marked(name: str, block: str) -> str:
+    """`block` between the marker comments that docs/file-format.md holds it between."""
+    return f"<!-- {name}: begin -->\n{block}<!-- {name}: end -->\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the run file's schema.")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables of docs/file-format.md, each between its marker comments",
+    )
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write("\n".join(marked(k, v) for k, v in doc_blocks().items()))
+    else:
+        sys.stdout.write(f"{RUN_SCHEMA}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

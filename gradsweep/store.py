@@ -1,4 +1,4 @@
-"""The per-run parquet file: schema version, key-value metadata, atomic write, completeness, sweep reader.
+"""The per-run parquet file: atomic write, metadata, completeness, schema version, sweep reader.
 
 A run file is written under a temporary name in the same directory and renamed
 into place only once complete, so a file under the final name is always whole.
@@ -24,14 +24,19 @@ import yaml
 
 from gradsweep.bins import HIST_BIN_LABELS
 from gradsweep.config import run_key
-from gradsweep.schema import CONFIG_COLUMNS
+from gradsweep.schema import (
+    CONFIG_COLUMNS,
+    CONFIG_KEYS,
+    FAILURE_FILE,
+    META_PREFIX,
+    RUN_SCHEMA,
+    SCHEMA_VERSION,
+    STATS_FILE,
+    STRING_COLUMNS,
+    check_columns,
+)
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-SCHEMA_VERSION = 2
-STATS_FILE = "grad_stats.parquet"
-FAILURE_FILE = "FAILED.txt"
-META_PREFIX = "gradsweep."
 
 
 class SchemaVersionError(ValueError):
@@ -48,7 +53,7 @@ def _version() -> str:
 
 
 def run_metadata(config_yaml: str, device_name: str, status: str, summary: str) -> dict[str, str]:
-    """Key-value metadata stored in every run file's footer; `summary` is the per-replica metrics as JSON."""
+    """The footer's key-value metadata (`schema.METADATA`); `summary` is per-replica JSON."""
     import torch
 
     return {
@@ -63,11 +68,21 @@ def run_metadata(config_yaml: str, device_name: str, status: str, summary: str) 
     }
 
 
+def run_table(frame: pd.DataFrame) -> pa.Table:
+    """A run's rows as an arrow table of the run file's schema (`schema.RUN_SCHEMA`).
+
+    Raises a ValueError naming the missing and extra columns, or the column
+    holding a null that the schema does not allow.
+    """
+    check_columns(frame.columns)
+    return pa.Table.from_pandas(frame, schema=RUN_SCHEMA, preserve_index=False)
+
+
 def write_run(frame: pd.DataFrame, path: str | Path, metadata: dict[str, str]) -> Path:
     """Write `frame` to `path` atomically, with `metadata` under the `gradsweep.` prefix."""
     path = Path(path)
+    table = run_table(frame)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta.update({f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in metadata.items()})
     table = table.replace_schema_metadata(meta)
@@ -94,12 +109,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def check_schema(path: str | Path) -> dict[str, str]:
-    """Metadata of a run file whose schema version this gradsweep reads; SchemaVersionError otherwise."""
+    """Metadata of a run file whose schema version this gradsweep reads; else SchemaVersionError."""
     meta = read_metadata(path)
     found = meta.get("schema_version")
     if found != str(SCHEMA_VERSION):
         raise SchemaVersionError(
-            f"{path}: schema version {found!r} is not supported (this gradsweep reads version {SCHEMA_VERSION})"
+            f"{path}: schema version {found!r} is not supported "
+            f"(this gradsweep reads version {SCHEMA_VERSION})"
         )
     return meta
 
@@ -137,10 +153,11 @@ def _failure_line(path: Path) -> str:
 
 
 def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
-    """Run files under sweep dirs, run dirs or given directly; runs that left FAILED.txt are problems.
+    """Run files under sweep dirs, run dirs or given directly; runs with FAILED.txt are problems.
 
     A FAILED.txt means the latest attempt of that run raised, so a run file next
-    to it is stale and is not read.
+    to it is stale and is not read. A file reached through several of `paths`
+    (a sweep dir and a run dir inside it) is listed once.
     """
     files: list[Path] = []
     problems: list[Problem] = []
@@ -161,22 +178,14 @@ def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Proble
                 )
             elif STATS_FILE in filenames:
                 files.append(here / STATS_FILE)
-    return files, problems
+    first: dict[Path, Path] = {}
+    for path in files:
+        first.setdefault(path.resolve(), path)
+    return list(first.values()), problems
 
 
-_DICTIONARY_COLUMNS = [
-    "run_key",
-    "act",
-    "init",
-    "bias_init",
-    "device",
-    "dtype",
-    "optimizer",
-    "loss_name",
-    "tensor",
-]
 _FORMAT = ds.ParquetFileFormat(
-    read_options=ds.ParquetReadOptions(dictionary_columns=_DICTIONARY_COLUMNS)
+    read_options=ds.ParquetReadOptions(dictionary_columns=list(STRING_COLUMNS))
 )
 SCAN_CHUNK_FILES = 1000
 
@@ -190,8 +199,7 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, Problem | None]:
         return None, Problem(str(path), "refused", str(err))
     except (OSError, KeyError, ValueError, yaml.YAMLError, pa.ArrowException) as err:
         return None, Problem(str(path), "unreadable", f"{type(err).__name__}: {err}")
-    config = {c: values.get(c) for c in CONFIG_COLUMNS if c != "loss_name"}
-    config["loss_name"] = values.get("loss")
+    config = {column: values.get(key) for column, key in CONFIG_KEYS.items()}
     record = {"path": str(path), "run_key": run_key(values), **config, "seed": values.get("seed")}
     return {**record, "footer_summary": meta.get("summary")}, None
 
@@ -227,9 +235,7 @@ class RunSet:
             for path, key in zip(runs.loc[repeated, "path"], runs.loc[repeated, "run_key"])
         ]
         self.runs = runs[~repeated].reset_index(drop=True)
-        self.schema = (
-            pq.read_schema(self.runs["path"].iloc[0]).remove_metadata() if len(self.runs) else None
-        )
+        self.schema: pa.Schema | None = RUN_SCHEMA if len(self.runs) else None
 
     @property
     def files(self) -> list[str]:
@@ -245,7 +251,7 @@ class RunSet:
     def _scan_each(
         self, files: list[str], columns: list[str] | None, filter: ds.Expression | None
     ) -> list[pa.Table]:
-        """File by file, so that a file failing mid-scan (a corrupt page behind a valid footer) is found and dropped."""
+        """File by file, so that a file failing mid-scan (corrupt page, valid footer) is dropped."""
         parts = []
         for path in files:
             try:
@@ -258,7 +264,7 @@ class RunSet:
     def chunks(
         self, columns: list[str] | None = None, filter: ds.Expression | None = None
     ) -> Iterator[pa.Table]:
-        """`columns` and rows matching `filter`, a chunk of files at a time (string columns dictionary-encoded)."""
+        """`columns` and rows matching `filter`, a chunk of files at a time."""
         if self.schema is None:
             raise ValueError("no readable run files")
         files = self.files
@@ -289,6 +295,6 @@ def read_sweep(
     columns: list[str] | None = None,
     filter: ds.Expression | None = None,
 ) -> tuple[pd.DataFrame, list[Problem]]:
-    """Rows of every usable run file under `paths` (only `columns`, rows matching `filter`) and the problems."""
+    """Rows of every usable run file under `paths` (`columns`, rows matching `filter`); problems."""
     runs = RunSet(paths)
     return runs.frame(columns, filter), runs.problems

@@ -1,4 +1,4 @@
-"""Per-run summary metrics: one row per run and replica, computed from the few columns each metric needs.
+"""Per-run summary metrics: one row per run and replica, from the few columns each metric needs.
 
 A replica is one independently initialised network (seed = seed + replica), so
 it is summarised on its own; the run key ties replicas of one run together.
@@ -16,23 +16,30 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gradsweep.schema import CONFIG_COLUMNS
+from gradsweep.schema import COLUMNS_BY_NAME, CONFIG_COLUMNS
 from gradsweep.store import RunSet
 
 RUN_ID = ["run_key", "replica"]
 
 SUMMARY_COLUMNS: dict[str, str] = {
     "run_key": "hash of the run's resolved configuration (one run may hold several replicas)",
-    **{c: "configuration (clip empty when off)" for c in CONFIG_COLUMNS},
+    **{c: COLUMNS_BY_NAME[c].meaning for c in CONFIG_COLUMNS},
     "seed": "init seed of this replica (seed + replica)",
     "replica": "replica index within the run",
-    "weight_ratio": "step 0: weight-gradient norm of layer 0 (input side) / of layer depth-1 (output side); < 1 vanishing, > 1 exploding",
-    "preact_ratio": "step 0: the same ratio for dL/dz, the backpropagated gradient at each Linear output",
-    "weight_gain": "per-layer geometric gain of the weight-gradient norm, weight_ratio ** (1 / (depth - 1)); empty at depth 1",
-    "preact_gain": "per-layer geometric gain of dL/dz, preact_ratio ** (1 / (depth - 1)): the factor each layer multiplies the backward signal by",
-    "max_grad_norm": "largest L2 norm of any parameter gradient (weight, bias, BatchNorm), any layer, any logged step, before clipping",
+    "weight_ratio": "step 0: weight-gradient norm of layer 0 (input side) / of layer depth-1 "
+    "(output side); < 1 vanishing, > 1 exploding; empty when both are 0",
+    "preact_ratio": "step 0: the same ratio for dL/dz, the backpropagated gradient at each "
+    "Linear output",
+    "weight_gain": "per-layer geometric gain of the weight-gradient norm, "
+    "weight_ratio ** (1 / (depth - 1)); empty at depth 1",
+    "preact_gain": "per-layer geometric gain of dL/dz, preact_ratio ** (1 / (depth - 1)): "
+    "the factor each layer multiplies the backward signal by",
+    "max_grad_norm": "largest L2 norm of any parameter gradient (weight, bias, BatchNorm), "
+    "any layer, any logged step, before clipping",
     "max_total_norm": "largest total gradient L2 norm over the logged steps, before clipping",
-    "max_total_norm_clipped": "largest total gradient L2 norm over the logged steps, after clipping (equal to max_total_norm when clip is off)",
+    "max_total_norm_clipped": "largest total gradient L2 norm over the logged steps, after "
+    "clipping, recomputed as sqrt(sum grad_norm_clipped^2) (equal to max_total_norm when clip "
+    "is off)",
     "frac_steps_clipped": "fraction of logged steps at which clipping reduced the total norm",
     "diverged": "true when any NaN/Inf appeared in a gradient, a norm or the loss",
     "diverged_step": "first step with a non-finite value; empty when not diverged",
@@ -45,7 +52,7 @@ SCAN_COLUMNS = [*RUN_ID, "step", "layer", "tensor", "grad_norm", "grad_norm_clip
 
 
 def _reduce_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Per run, replica and step: loss, squared total norms, max norm, non-finite count; and the step-0 rows."""
+    """Per run, replica, step: loss, sums of squares, max norm, non-finite count; step-0 rows."""
     is_param = pc.not_equal(chunk["tensor"].cast(pa.string()), "preact")
     zero = pa.scalar(0.0)
     squares = {
@@ -80,7 +87,7 @@ def _reduce_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 
 def scan(runs: RunSet) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One pass over every run file: per-step totals and step-0 layer norms (weight, preact), with configuration.
+    """One pass over every run file: per-step totals and step-0 weight and preact norms, configured.
 
     Configuration comes from the file footers, and the total norms before and
     after clipping are recomputed from the per-tensor norms, so the scan decodes
@@ -109,7 +116,7 @@ def _join_config(
 
 
 def io_ratios(init_norms: pd.DataFrame) -> pd.DataFrame:
-    """Per run and replica: input-side / output-side norm ratio and per-layer gain, for weight and preact."""
+    """Per run and replica: input/output-side norm ratio and per-layer gain, weight and preact."""
     keyed = init_norms.set_index([*RUN_ID, "tensor", "layer"])["grad_norm"]
     depth = init_norms.groupby(RUN_ID)["depth"].first()
     first = keyed.xs(0, level="layer").unstack("tensor")
@@ -126,7 +133,7 @@ def io_ratios(init_norms: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(totals: pd.DataFrame, init_norms: pd.DataFrame) -> pd.DataFrame:
-    """The per-run summary table (columns documented in SUMMARY_COLUMNS) from `scan`'s two frames."""
+    """The per-run summary table (columns as in SUMMARY_COLUMNS) from `scan`'s two frames."""
     grouped = totals.groupby(RUN_ID, sort=True)
     last = grouped.tail(1).set_index(RUN_ID)
     by_run = [totals[c] for c in RUN_ID]
@@ -165,8 +172,7 @@ def footer_metrics(frames: Sequence[pd.DataFrame]) -> list[str]:
         [
             {
                 "run_key": f["run_key"].iloc[0],
-                **{c: f[c].iloc[0] for c in CONFIG_COLUMNS if c in f},
-                "loss_name": f["loss_name"].iloc[0],
+                **{c: f[c].iloc[0] for c in CONFIG_COLUMNS},
                 "seed": int(f["seed"].min()),
             }
             for f in frames
@@ -208,7 +214,7 @@ def _from_footers(runs: RunSet) -> pd.DataFrame:
 
 
 def summary_table(runs: RunSet) -> pd.DataFrame:
-    """The per-run summary table of every usable run in `runs`: from the footers when every file has them."""
+    """The summary table of every usable run in `runs`; from the footers when all have them."""
     if len(runs.runs) and all(runs.footer_summaries.get(p) for p in runs.runs["path"]):
         return _from_footers(runs)
     return summarize(*scan(runs))

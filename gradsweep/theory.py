@@ -17,21 +17,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from gradsweep.config import CHOICES, check_choice
+
 Array = np.ndarray
 ActFn = Callable[[Array], Array]
 
-ACTIVATIONS: tuple[str, ...] = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "selu", "identity")
-INIT_SCHEMES: tuple[str, ...] = (
-    "default",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-    "orthogonal",
-    "normal",
-    "fan_in",
-)
-BIAS_INITS: tuple[str, ...] = ("default", "zeros")
+ACTIVATIONS: tuple[str, ...] = CHOICES["act"]
+INIT_SCHEMES: tuple[str, ...] = CHOICES["init"]
+BIAS_INITS: tuple[str, ...] = CHOICES["bias_init"]
 
 LEAKY_SLOPE = 0.01
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -39,12 +32,6 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 _Q_TINY = 1e-300  # stands in for q = 0 so that kinks at 0 are averaged, not sampled
 _Q_HUGE = 1e300  # stands in for q = inf (no finite fixed point)
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise a ValueError naming the bad value and the valid choices."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
 # ---------------------------------------------------------------- activations
@@ -101,13 +88,13 @@ _ACT_TABLE: dict[str, tuple[ActFn, ActFn]] = {
 
 def activation(act: str) -> ActFn:
     """Vectorised numpy activation phi, matching gradsweep.model's modules."""
-    _check_choice("act", act, ACTIVATIONS)
+    check_choice("act", act)
     return _ACT_TABLE[act][0]
 
 
 def activation_derivative(act: str) -> ActFn:
     """Vectorised numpy phi', with autograd's value (0 for relu) at the kink."""
-    _check_choice("act", act, ACTIVATIONS)
+    check_choice("act", act)
     return _ACT_TABLE[act][1]
 
 
@@ -116,7 +103,7 @@ def activation_derivative(act: str) -> ActFn:
 
 def sigma_w2(init: str, init_scale: float, fan_in: int, fan_out: int) -> float:
     """sigma_w^2 = fan_in * Var(W) of one Linear layer under an init scheme."""
-    _check_choice("init", init, INIT_SCHEMES)
+    check_choice("init", init)
     per_fan_in = {
         "default": 1.0 / 3.0,
         "xavier_uniform": 2.0 * fan_in / (fan_in + fan_out),
@@ -132,7 +119,7 @@ def sigma_w2(init: str, init_scale: float, fan_in: int, fan_out: int) -> float:
 
 def sigma_b2(bias_init: str, fan_in: int) -> float:
     """Bias variance sigma_b^2; PyTorch's default U(+-1/sqrt(fan_in)) ignores init_scale."""
-    _check_choice("bias_init", bias_init, BIAS_INITS)
+    check_choice("bias_init", bias_init)
     return 1.0 / (3.0 * fan_in) if bias_init == "default" else 0.0
 
 
@@ -380,7 +367,7 @@ def predict_preact_factors(
     `output_act` does not enter: the output activation only rescales the
     anchor dL/dz_{depth-1}, which predict_preact_norms takes as measured.
     """
-    _check_choice("act", act, ACTIVATIONS)
+    check_choice("act", act)
     sw2, sb2 = layer_variances(depth, width, in_features, out_features, init, init_scale, bias_init)
     if depth < 2:
         return np.zeros(0)

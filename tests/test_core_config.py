@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from gradsweep.config import ConfigValueError, RunConfig, run_dirname, run_key, run_values, validate
+from gradsweep import theory
+from gradsweep.config import (
+    CHOICES,
+    Activation,
+    BiasInit,
+    ConfigValueError,
+    Init,
+    Loss,
+    RunConfig,
+    check_choice,
+    run_dirname,
+    run_key,
+    run_values,
+    validate,
+)
 
 
 @pytest.mark.parametrize(
@@ -64,3 +81,33 @@ def test_run_dirname_names_main_axes_and_key() -> None:
     assert name.endswith(
         run_key({**run_values(RunConfig()), "act": "relu", "clip": 1.0, "batchnorm": True})[:8]
     )
+
+
+def test_choices_are_the_enums_and_theory_takes_them_from_there() -> None:
+    assert CHOICES["act"] == tuple(a.value for a in Activation)
+    assert CHOICES["init"] == tuple(i.value for i in Init)
+    assert CHOICES["bias_init"] == tuple(b.value for b in BiasInit)
+    assert CHOICES["loss"] == tuple(loss.value for loss in Loss)
+    assert (theory.ACTIVATIONS, theory.INIT_SCHEMES, theory.BIAS_INITS) == (
+        CHOICES["act"],
+        CHOICES["init"],
+        CHOICES["bias_init"],
+    )
+    assert {"depth", "clip", "seed"}.isdisjoint(CHOICES)
+
+
+def test_check_choice_names_key_value_and_choices() -> None:
+    check_choice("act", "tanh")
+    with pytest.raises(ValueError, match="act='swish' is not valid; choose one of: sigmoid, tanh,"):
+        check_choice("act", "swish")
+
+
+def test_reading_the_configuration_does_not_load_hydras_config_store() -> None:
+    code = (
+        "import sys, gradsweep.config\n"
+        "assert 'hydra.core.config_store' not in sys.modules, 'ConfigStore imported'\n"
+        "gradsweep.config.register_configs()\n"
+        "assert 'hydra.core.config_store' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

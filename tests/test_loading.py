@@ -1,0 +1,121 @@
+"""`gradsweep.load`: sweep dirs, run dirs and run files into one frame; skipped runs reported."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+import gradsweep
+from gradsweep.loading import SkippedRunsError, SkippedRunsWarning
+from gradsweep.schema import FAILURE_FILE, HIST_COLUMN, STATS_FILE, names
+
+
+@pytest.fixture(scope="module")
+def layout(make_sweep, tmp_path_factory) -> dict[str, Path]:
+    """A real sweep of four runs, split into a sweep dir of two, a lone run dir and a lone file."""
+    sweep = make_sweep("load", "act=sigmoid,relu", "depth=2,3", "steps=2")
+    runs = sorted(p.parent for p in sweep.glob(f"*/{STATS_FILE}"))
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    run_dir = elsewhere / runs[2].name
+    shutil.move(runs[2], run_dir)
+    run_file = elsewhere / "lone.parquet"
+    shutil.move(runs[3] / STATS_FILE, run_file)
+    shutil.rmtree(runs[3])
+    return {"sweep": sweep, "run_dir": run_dir, "file": run_file}
+
+
+def test_a_sweep_dir_a_run_dir_and_a_file_load_into_one_frame(layout) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = gradsweep.load(layout["sweep"], layout["run_dir"], layout["file"])
+    assert frame["run_key"].nunique() == 4
+    assert set(frame["act"]) == {"sigmoid", "relu"} and set(frame["depth"]) == {2, 3}
+    assert list(frame.columns) == [c for c in names() if c != HIST_COLUMN]
+    assert frame.attrs["problems"] == []
+
+
+def test_a_run_reached_through_two_paths_is_read_once(layout) -> None:
+    inside = next(p.parent for p in layout["sweep"].glob(f"*/{STATS_FILE}"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = gradsweep.load(layout["sweep"], inside, inside / STATS_FILE)
+    assert frame["run_key"].nunique() == 2
+
+
+def test_columns_steps_and_filter_select_what_is_read(layout) -> None:
+    frame = gradsweep.load(layout["sweep"], columns=["run_key", "step", "grad_norm"], steps=[0, 2])
+    assert list(frame.columns) == ["run_key", "step", "grad_norm"]
+    assert set(frame["step"]) == {0, 2}
+    preact = gradsweep.load(
+        layout["file"], columns=["tensor"], steps=1, filter=ds.field("tensor") == "preact"
+    )
+    assert len(preact) and set(preact["tensor"]) == {"preact"}
+    with_hist = gradsweep.load(layout["file"], histograms=True, steps=0)
+    assert with_hist[HIST_COLUMN].map(len).eq(59).all()
+
+
+def test_an_unknown_column_or_mode_names_the_choices(layout) -> None:
+    with pytest.raises(ValueError, match=r"\['colour'\] are not run file columns.*grad_norm"):
+        gradsweep.load(layout["file"], columns=["grad_norm", "colour"])
+    with pytest.raises(ValueError, match="problems='loud' is not valid; choose one of: warn"):
+        gradsweep.load(layout["file"], problems="loud")
+    with pytest.raises(TypeError, match="at least one"):
+        gradsweep.load()
+
+
+@pytest.fixture
+def damaged(layout, tmp_path: Path) -> dict[str, Path]:
+    """A copy of the two-run sweep with one run failed, plus a corrupt file and the lone file."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(layout["sweep"], sweep)
+    failed = sorted(p.parent for p in sweep.glob(f"*/{STATS_FILE}"))[0]
+    (failed / FAILURE_FILE).write_text("RuntimeError: boom\nTraceback ...\n")
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(layout["file"].read_bytes()[:1500])
+    return {"sweep": sweep, "failed": failed, "corrupt": corrupt, "file": layout["file"]}
+
+
+def test_failed_and_corrupt_runs_are_skipped_and_reported(damaged) -> None:
+    paths = (damaged["sweep"], damaged["corrupt"], damaged["file"])
+    with pytest.warns(SkippedRunsWarning) as caught:
+        frame = gradsweep.load(*paths)
+    message = str(caught[0].message)
+    assert f"{damaged['failed']}: failed: RuntimeError: boom" in message
+    assert f"{damaged['corrupt']}: unreadable:" in message
+    assert frame["run_key"].nunique() == 2
+    assert {p.kind for p in frame.attrs["problems"]} == {"failed", "unreadable"}
+
+    with pytest.raises(SkippedRunsError, match="skipped 2 run") as raised:
+        gradsweep.load(*paths, problems="raise")
+    assert {p.path for p in raised.value.problems} == {
+        str(damaged["failed"]),
+        str(damaged["corrupt"]),
+    }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = gradsweep.load(*paths, problems="ignore")
+    assert len(quiet.attrs["problems"]) == 2
+
+
+def test_no_readable_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="(?s)no readable run files.*missing: unreadable"):
+        gradsweep.load(tmp_path / "missing", problems="ignore")
+
+
+def test_import_gradsweep_loads_neither_pandas_nor_torch() -> None:
+    code = (
+        "import sys, gradsweep\n"
+        "heavy = [m for m in ('pandas', 'pyarrow', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert callable(gradsweep.load) and 'pandas' in sys.modules\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
