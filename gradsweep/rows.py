@@ -68,6 +68,7 @@ def tidy_rows(
     col = lambda name: raw[..., S[name]].reshape(-1)  # noqa: E731
     shape = (n_steps, k, n_t)
     numel_b = np.broadcast_to(numel, shape).reshape(-1)
+    is_param_b = np.broadcast_to(is_param, shape).reshape(-1)
     grad_norm = np.sqrt(col("grad_sumsq"))
     mean = col("grad_sum") / numel_b
     with np.errstate(invalid="ignore"):
@@ -123,7 +124,7 @@ def tidy_rows(
             "param_norm": np.sqrt(
                 np.where(np.broadcast_to(is_param, shape), param_sq, np.nan)
             ).reshape(-1),
-            "param_std": param_std,
+            "param_std": np.where(is_param_b, param_std, np.nan),
             "loss": np.broadcast_to(loss[:, :, None], shape).reshape(-1),
             "total_grad_norm": np.broadcast_to(total[:, :, None], shape).reshape(-1),
         }
