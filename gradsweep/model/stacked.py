@@ -32,6 +32,16 @@ class StackedMLP:
         own = iter(tuple(group) for group in tensors)
         self._layers = [(layer, [next(own) for _ in layer.parts]) for layer in self.plan]
         self.replicas = next(t for group in tensors for t in group).shape[0]
+        # (Linear op, its tensors, (op, tensors) of each part after it): the forward's loop, bound
+        # once, since small networks are bound by per-op overhead
+        self._ops = [
+            (
+                layer.linear.forward,
+                groups[0],
+                tuple((part.forward, own) for part, own in zip(layer.after, groups[1:])),
+            )
+            for layer, groups in self._layers
+        ]
 
     @classmethod
     def stack(
@@ -91,11 +101,11 @@ class StackedMLP:
         """Output (K, B, out) of one input (B, in) and each Linear layer's output z_l (K, B, n)."""
         h = x.expand(self.replicas, *x.shape)
         preacts = []
-        for layer, (linear, *after) in self._layers:
-            h = layer.linear.forward(h, linear)
+        for linear, tensors, after in self._ops:
+            h = linear(h, tensors)
             preacts.append(h)
-            for part, own in zip(layer.after, after):
-                h = part.forward(h, own)
+            for part, own in after:
+                h = part(h, own)
         return h, preacts
 
     def tensor_specs(self, batch_size: int) -> list[TensorSpec]:
