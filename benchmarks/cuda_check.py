@@ -1,4 +1,4 @@
-"""The CUDA checks, in one run: a device=cpu,cuda sweep, CPU/CUDA agreement, GPU overhead, host syncs.
+"""The CUDA checks in one run: a device=cpu,cuda sweep, CPU/CUDA agreement, GPU overhead, syncs.
 
     python benchmarks/cuda_check.py --out DIR [--work DIR] [--repeats 9]
 
@@ -34,7 +34,8 @@ from instrumentation_overhead import measure  # this folder: run as python bench
 
 from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
-from gradsweep.experiment import GradientFlowRun, _HostCopies
+from gradsweep.experiment import GradientFlowRun
+from gradsweep.probe import HostCopies
 from gradsweep.store import RunSet, read_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ OVERHEAD_TARGET = 1.10
 
 
 def sweep_and_report(work: Path, out: Path, devices: str) -> Path:
-    """Run the device sweep and its report in `work`; copy the summary and the device figure to `out`."""
+    """Run the device sweep and its report in `work`; copy summary and device figure to `out`."""
     sweep = work / "sweep"
     overrides = [
         f"device={devices}",
@@ -71,7 +72,7 @@ def sweep_and_report(work: Path, out: Path, devices: str) -> Path:
 
 
 def agreement(sweep: Path) -> dict[str, float]:
-    """Largest relative difference of step-0 gradient norms, CPU against the other device, per dtype."""
+    """Largest relative difference of step-0 gradient norms, CPU against the other device."""
     frame, problems = read_sweep([sweep])
     if problems:
         raise SystemExit(f"unusable run files: {problems}")
@@ -84,7 +85,7 @@ def agreement(sweep: Path) -> dict[str, float]:
 
 
 def overhead(device: str, repeats: int) -> dict[str, float]:
-    """Instrumented against bare step at width 1024 x depth 20, every statistic every step and log_every=10."""
+    """Instrumented against bare step at width 1024 x depth 20: every step, and log_every=10."""
     result = {}
     for label, log_every in (("every_step", 1), ("log_every_10", 10)):
         bare, inst = measure(
@@ -96,9 +97,9 @@ def overhead(device: str, repeats: int) -> dict[str, float]:
 
 
 def syncs_in_step_loop(device: str) -> list[str]:
-    """Distinct synchronising calls made by 300 logged steps (every statistic) and their host copies."""
+    """Distinct synchronising calls of 300 logged steps (every statistic) and their host copies."""
     run = GradientFlowRun(RunConfig(steps=400, width=256, depth=10, device=device))
-    copies = _HostCopies(run.device)
+    copies = HostCopies(run.device)
     run.instrumented_step(0, with_hist=True)  # first-call set-up happens before the check
     found: set[str] = set()
     with warnings.catch_warnings(record=True) as caught:
@@ -129,7 +130,8 @@ def main() -> None:
     keep_freed_memory()  # as in gradsweep's task
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
-            "this check needs CUDA (torch.cuda.is_available() is False); --device cpu checks the script"
+            "this check needs CUDA (torch.cuda.is_available() is False); "
+            "--device cpu checks the script"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

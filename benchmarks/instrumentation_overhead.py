@@ -17,7 +17,8 @@ import torch
 
 from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import RunConfig
-from gradsweep.experiment import GradientFlowRun, _HostCopies
+from gradsweep.experiment import GradientFlowRun
+from gradsweep.probe import HostCopies
 
 NETWORKS = {
     "exercise (10-20x4-1, sigmoid)": dict(),
@@ -39,12 +40,12 @@ def measure(
 ) -> tuple[float, float]:
     """Median seconds per bare step and per step of a loop logging every `log_every` steps.
 
-    Logged results go where a run sends them (`_HostCopies`: asynchronous copies
+    Logged results go where a run sends them (`HostCopies`: asynchronous copies
     on CUDA), and on CUDA each block waits for the device before and after.
     """
     run = GradientFlowRun(RunConfig(steps=10**9, **overrides))
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-    copies = _HostCopies(run.device)
+    copies = HostCopies(run.device)
     counter = iter(range(10**9))
 
     def bare() -> None:
@@ -78,7 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} blocks, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} blocks, "
         f"malloc {'as gradsweep runs it' if tuned else 'glibc defaults'}"
     )
     print(f"{'network':34s} {'logging':32s} {'bare ms':>9s} {'instr ms':>9s} {'ratio':>6s}")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from gradsweep import theory
-from gradsweep.model import INIT_SCHEMES, build_mlp
+from gradsweep.config import Init
+from gradsweep.model import build_mlp
 
 
 def test_exercise_network_is_5_linear_plus_5_sigmoid() -> None:
@@ -31,7 +32,7 @@ def test_batchnorm_after_hidden_linear_before_activation_never_on_output() -> No
     ]
 
 
-@pytest.mark.parametrize("init", INIT_SCHEMES)
+@pytest.mark.parametrize("init", [member.value for member in Init])
 @pytest.mark.parametrize("scale", [0.5, 2.0])
 def test_weight_variance_matches_theory(init: str, scale: float) -> None:
     net = build_mlp(
@@ -55,7 +56,7 @@ def test_seed_makes_init_reproducible_and_leaves_global_rng_alone() -> None:
 
 
 def test_seeded_network_is_the_exercise_network_after_torch_manual_seed() -> None:
-    """build_mlp(seed=42) holds exactly the weights of the exercise's code after torch.manual_seed(42)."""
+    """build_mlp(seed=42) holds exactly the exercise's weights after torch.manual_seed(42)."""
     torch.manual_seed(42)
     exercise = nn.Sequential(
         *[
@@ -76,9 +77,14 @@ def test_bias_init_zeros_and_default() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "needle"), [({"act": "foo"}, "act='foo'"), ({"init": "bad"}, "init='bad'")]
+    ("kwargs", "needle", "choices"),
+    [
+        ({"act": "foo"}, "act='foo'", "sigmoid, tanh, relu"),
+        ({"init": "bad"}, "init='bad'", "default, xavier_uniform"),
+        ({"bias_init": "ones"}, "bias_init='ones'", "default, zeros"),
+    ],
 )
-def test_bad_names_list_the_choices(kwargs: dict, needle: str) -> None:
+def test_bad_names_list_the_choices(kwargs: dict, needle: str, choices: str) -> None:
     with pytest.raises(ValueError, match="choose one of") as err:
         build_mlp(**kwargs)
-    assert needle in str(err.value)
+    assert needle in str(err.value) and choices in str(err.value)

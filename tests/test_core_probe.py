@@ -13,30 +13,14 @@ import gradsweep.probe as probe_module
 from gradsweep.bins import HIST_BIN_LABELS, N_HIST_BINS
 from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import GradientFlowRun, run_experiment
-from gradsweep.model import build_mlp
+from gradsweep.model import ARCH_KEYS, build_mlp
 from gradsweep.probe import GradientProbe, TensorSpec
+from gradsweep.probe import per_tensor as per_tensor_module
 
 
 def reference_gradients(cfg: dict) -> dict[tuple[int, str], torch.Tensor]:
-    """Gradients of the exercise-style nn.Sequential at step 0, with dL/dz captured by tensor hooks."""
-    net = build_mlp(
-        **{
-            k: cfg[k]
-            for k in (
-                "act",
-                "depth",
-                "width",
-                "in_features",
-                "out_features",
-                "output_act",
-                "init",
-                "init_scale",
-                "bias_init",
-                "batchnorm",
-            )
-        },
-        seed=cfg["seed"],
-    ).double()
+    """Gradients of the exercise-style nn.Sequential at step 0, dL/dz captured by tensor hooks."""
+    net = build_mlp(**{k: cfg[k] for k in ARCH_KEYS}, seed=cfg["seed"]).double()
     x, _ = GradientFlowRun(cfg).batch(0)
     preacts: dict[int, torch.Tensor] = {}
     linears = [m for m in net if isinstance(m, nn.Linear)]
@@ -96,7 +80,7 @@ def test_statistics_match_reference_sequential(overrides: dict) -> None:
 def test_fused_and_per_tensor_paths_agree(
     fused_in: str, stack_cap: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The per-tensor path, each tensor alone (cap 0), small ones stacked (the CPU's) or all stacked (CUDA's)."""
+    """Per-tensor path: each tensor alone (cap 0), small ones stacked (CPU) or all (CUDA)."""
     cfg = {
         **run_values(RunConfig()),
         "act": "relu",
@@ -108,7 +92,7 @@ def test_fused_and_per_tensor_paths_agree(
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", fused_in == "numpy")
     fused = run_experiment(cfg).stats
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 0)
-    monkeypatch.setitem(probe_module.STACK_MAX_ELEMENTS, "cpu", stack_cap)
+    monkeypatch.setitem(per_tensor_module.STACK_MAX_ELEMENTS, "cpu", stack_cap)
     per_tensor = run_experiment(cfg).stats
     scale = fused["grad_norm"] / np.sqrt(fused["numel"]) + 1e-30
     for column in (
@@ -155,7 +139,7 @@ COUNTING = [
 def test_counting_on_the_device_equals_the_host_repair(
     fused: bool, overrides: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The CUDA way (NaN/Inf counted at every step, float64 sums) and the CPU way give the same rows."""
+    """The CUDA way (NaN/Inf counted every step, float64 sums) and the CPU way give equal rows."""
     monkeypatch.setattr(probe_module, "FUSED_MAX_ELEMENTS", 1 << 20 if fused else 0)
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", False)
     cfg = {**run_values(RunConfig()), **overrides}
@@ -198,8 +182,8 @@ def _probe_rows(
     )
     packed = probe.measure([g], [p], with_hist=True).numpy()
     probe.repair_nonfinite(packed, [g], [p])
-    stats, hist = probe.unpack(packed, with_hist=True)
-    return stats[0, 0], hist[0, 0]
+    step = probe.layout.unpack(packed, with_hist=True)
+    return step.stats[0, 0], step.hist[0, 0]
 
 
 def _negative_nan(dtype: type) -> np.generic:
@@ -273,57 +257,10 @@ def test_histogram_matches_frexp_binades(
 def test_float32_overflow_of_the_norm_is_exact(
     fused: bool, counting: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """|g| = 1e26 overflows a float32 sum of squares: the host recomputes the row, the device accumulates in float64."""
+    """|g| = 1e26 overflows a float32 sum of squares.
+
+    The host recomputes the row; the device accumulates in float64.
+    """
     stats, _ = _probe_rows(np.full(400, 1e26, dtype=np.float32), fused, counting, monkeypatch)
     assert math.sqrt(stats[probe_module.S["grad_sumsq"]]) == pytest.approx(2e27, rel=1e-6)
     assert stats[probe_module.S["grad_n_inf"]] == 0
-
-
-def test_stacks_group_same_sized_tensors_of_one_kind_up_to_the_cap() -> None:
-    specs = [
-        TensorSpec(0, "weight", 200, True),
-        TensorSpec(0, "bias", 20, True),
-        TensorSpec(0, "preact", 640, False),
-        TensorSpec(1, "weight", 400, True),
-        TensorSpec(1, "bias", 20, True),
-        TensorSpec(1, "preact", 640, False),
-        TensorSpec(2, "weight", 400, True),
-        TensorSpec(2, "bias", 20, True),
-        TensorSpec(2, "preact", 640, False),
-    ]
-    assert probe_module._plan_stacks(specs, 2, 1 << 16, None) == [
-        ([0], [0]),
-        ([1, 4, 7], [1, 3, 5]),
-        ([2, 5, 8], []),
-        ([3, 6], [2, 4]),
-    ]
-    assert probe_module._plan_stacks(specs, 2, 2 * 640 * 2, None) == [
-        ([0], [0]),
-        ([1, 4, 7], [1, 3, 5]),
-        ([2, 5], []),
-        ([3, 6], [2, 4]),
-        ([8], []),
-    ]
-    one_replica = probe_module._plan_stacks(
-        specs, 1, 1 << 16, 300
-    )  # one replica's tensors above 300 stand alone
-    assert one_replica == [
-        ([0], [0]),
-        ([1, 4, 7], [1, 3, 5]),
-        ([2], []),
-        ([3], [2]),
-        ([5], []),
-        ([6], [4]),
-        ([8], []),
-    ]
-
-
-def test_bin_counts_without_bincount_equal_bincount() -> None:
-    """The index_add_ counting that CUDA uses (bincount syncs there) gives bincount's counts."""
-    index = torch.randint(0, 50, (10_000,))
-    assert torch.equal(
-        probe_module._bin_counts(index, 60, add=True), torch.bincount(index, minlength=60)
-    )
-    assert torch.equal(
-        probe_module._bin_counts(index, 60, add=False), torch.bincount(index, minlength=60)
-    )

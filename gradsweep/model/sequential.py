@@ -1,0 +1,53 @@
+"""One replica as the exercise writes it: an nn.Sequential built from the layer plan."""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+
+import torch
+from torch import nn
+
+from gradsweep.config import BiasInit, Init
+from gradsweep.model.choices import choice
+from gradsweep.model.inits import init_linear_
+from gradsweep.model.parts import plan_layers
+
+
+def build_mlp(
+    act: str = "sigmoid",
+    depth: int = 5,
+    width: int = 20,
+    in_features: int = 10,
+    out_features: int = 1,
+    output_act: bool = True,
+    init: str = "default",
+    init_scale: float = 1.0,
+    bias_init: str = "default",
+    batchnorm: bool = False,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """Linear -> [BatchNorm1d] -> activation, `depth` times, as in the exercise (`plan_layers`).
+
+    With `seed`, initialisation draws from a private generator state, so the
+    global RNG is left untouched.
+    """
+    plan = plan_layers(act, depth, width, in_features, out_features, output_act, batchnorm)
+    init_linear = partial(
+        init_linear_,
+        init=choice(Init, "init", init),
+        init_scale=init_scale,
+        bias_init=choice(BiasInit, "bias_init", bias_init),
+    )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            # the CPU generator only: torch.manual_seed also queues GPU seeding, ~1 ms a call
+            torch.default_generator.manual_seed(seed)
+        modules = [part.build(init_linear) for layer in plan for part in layer.parts]
+    return nn.Sequential(*modules)
+
+
+# The run's configuration keys that define its network: build_mlp's keyword arguments.
+ARCH_KEYS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(build_mlp).parameters if name != "seed"
+)
