@@ -55,7 +55,12 @@ def _palette(frame: pd.DataFrame, layout: Layout) -> dict[str, str]:
     return {"palette": "viridis"} if frame[axes[0]].nunique() >= SEQUENTIAL_FROM else {}
 
 
-def _relplot(part: pd.DataFrame, layout: Layout, page: Page, **kws: object) -> sns.FacetGrid:
+NOTHING_TO_DRAW = "no finite positive value\n(diverged or all zero)"
+
+
+def _relplot(
+    part: pd.DataFrame, layout: Layout, page: Page, empty: str = NOTHING_TO_DRAW, **kws: object
+) -> sns.FacetGrid:
     """A seaborn relplot of one page, faceted by `layout`, titles as a reader writes them."""
     encoded = facets.encode(part, layout)
     grid = sns.relplot(
@@ -67,9 +72,31 @@ def _relplot(part: pd.DataFrame, layout: Layout, page: Page, **kws: object) -> s
         **kws,
     )
     facets.title_facets(grid, encoded)
+    _note_empty(grid, encoded, str(kws["y"]), empty)
     if page.title:
         grid.figure.suptitle(page.title, y=1.02)
     return grid
+
+
+def _note_empty(grid: sns.FacetGrid, encoded: facets.Encoded, y: str, text: str) -> None:
+    """Write `text` in each panel whose `y` values are all non-finite or not positive."""
+    row, col = encoded.keywords.get("row"), encoded.keywords.get("col")
+    for key, ax in grid.axes_dict.items() if (row or col) else [((), grid.ax)]:
+        names = dict(zip([c for c in (row, col) if c], key if isinstance(key, tuple) else (key,)))
+        panel = facets.select(
+            facets.select(encoded.frame, row, names.get(row)), col, names.get(col)
+        )
+        values = panel[y].to_numpy(dtype=float)
+        if not (np.isfinite(values) & (values > 0)).any():
+            ax.text(
+                0.5,
+                0.5,
+                text,
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="dimgray",
+            )
 
 
 def layer_profile(init: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
@@ -356,6 +383,7 @@ def histograms(counts: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
             page,
             x="log10_g",
             y="fraction",
+            empty="every element exactly 0\nor below 2^-40",
             kind="line",
             estimator=None,
             drawstyle="steps-mid",
@@ -388,8 +416,8 @@ def _note_zeros(grid: sns.FacetGrid, encoded: facets.Encoded, layout: Layout) ->
             rows = panel[panel["bin"] == where]
             groups = rows.groupby(hue, observed=True) if hue else [(None, rows)]
             shares = [
-                (encoded.title("hue", k) + ": " if hue else "")
-                + _share_text(part["fraction"].sum())
+                _share_text(part["fraction"].sum())
+                + (f" ({encoded.title('hue', k)})" if hue else "")
                 for k, part in groups
                 if part["fraction"].sum() > 0
             ]
@@ -417,6 +445,7 @@ def layer_steps(runs: RunSet) -> pd.DataFrame:
     return runs.runs.drop(columns="path").merge(frame, on="run_key")
 
 
+FEW_STEPS = 12  # up to this many logged steps, each is marked (a lone finite step stays visible)
 POSITIONS = ["input side (layer 0)", "middle (layer depth//2)", "output side (layer depth-1)"]
 
 
@@ -448,9 +477,12 @@ def over_steps(frame: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
             kind="line",
             errorbar=BAND,
             estimator="median",
+            **({"marker": "o", "markersize": 4} if part["step"].nunique() <= FEW_STEPS else {}),
         )
         grid.set(yscale="log")
         grid.set_axis_labels("optimizer step", "weight-gradient L2 norm")
+        for ax in grid.axes.flat:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         data = pool(
             part, ["step", "position", *layout.shown], "grad_norm", ("median", "min", "max")
         )
