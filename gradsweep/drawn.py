@@ -95,8 +95,9 @@ def caption_note(records: Sequence[Drawn]) -> str:
     seeds = pd.concat([r.data["seeds"] for r in records], ignore_index=True)
     text = pooling_text(seeds, records[0].poolings)
     if len(records) > 1:
-        axes = " and ".join(records[0].page.values)
-        text += f" One file per value of {axes} ({len(records)} files)."
+        axes = list(records[0].page.values)
+        each = f"value of {axes[0]}" if len(axes) == 1 else "combination of " + " and ".join(axes)
+        text += f" One file per {each} ({len(records)} files)."
     return text
 
 

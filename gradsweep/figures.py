@@ -251,7 +251,7 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
             long["curve"].map(CURVES), categories=list(CURVES.values()), ordered=True
         )
         hue, col = layout.column("hue"), layout.column("col")
-        columns = list(frame[col].cat.categories) if col else [None]
+        columns = facets.present(frame, col)
         fig, grid = plt.subplots(
             2,
             len(columns),
@@ -260,6 +260,8 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
             sharex=True,
             constrained_layout=True,
         )
+        for ax in grid[0][1:]:
+            ax.sharey(grid[0][0])
         for j, value in enumerate(columns):
             top, bottom = grid[0][j], grid[1][j]
             sns.lineplot(
@@ -285,8 +287,6 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
                 ax=bottom,
                 legend=False,
             )
-            if j:
-                top.sharey(grid[0][0])
             top.set(yscale="log", ylabel="total gradient L2 norm", xlabel="")
             bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
             bottom.set(xlabel="optimizer step", ylabel="loss")
@@ -512,7 +512,7 @@ def devices(init: pd.DataFrame) -> list[plt.Figure]:
         yscale="log",
         xlabel="gradient L2 norm on CPU",
         ylabel="gradient L2 norm on CUDA",
-        title=f"CPU vs CUDA at step 0 (max relative difference {rel:.1e})",
+        title=f"CPU vs CUDA at step 0 (largest relative difference of any point {rel:.1e})",
     )
     drawn = pool(
         init[init["run_key"].isin(set(pair["run_key_cpu"]) | set(pair["run_key_cuda"]))],

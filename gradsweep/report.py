@@ -180,7 +180,7 @@ def summary_html(summary: pd.DataFrame, swept: list[str], limit: int = SHOWN_ROW
         f"<p>{len(shown)} of {len(summary)} rows (one per run and replica; seed = the replica's "
         f"init seed); every column in summary.csv.</p>"
         f"<p class='same'>Same in every run: {esc(same or 'nothing')}.</p>"
-        f"<table class='summary'><tr>{head}</tr>{body}</table>"
+        f"<div class='wide'><table class='summary'><tr>{head}</tr>{body}</table></div>"
     )
 
 
@@ -193,7 +193,7 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
         "th{vertical-align:bottom}td.num{text-align:right;font-variant-numeric:tabular-nums}"
         "table.summary tr:nth-child(even){background:#f4f4f4}figure{margin:1.5em 0}"
-        "figcaption{max-width:60em}.problems td{color:#a00}",
+        "figcaption{max-width:60em}.problems td{color:#a00}.wide{overflow-x:auto}",
         "</style></head><body><h1>gradsweep report</h1>",
         f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and replica). "
         f"Swept axes: {esc(', '.join(swept) or 'none')}.</p>",

@@ -48,3 +48,15 @@ def test_the_caption_names_what_is_pooled_and_the_files() -> None:
     single = record(plt.figure(), data.assign(seeds=1), Pooling("points", "mean"))
     assert drawn(single).pooling == "points: one seed each."
     plt.close("all")
+
+
+def test_files_split_by_two_axes_are_named_as_combinations() -> None:
+    data = pool(runs(), ["batchnorm", "layer"], "grad_norm")
+    records = [
+        drawn(record(plt.figure(), data, Pooling("lines", "median"), page=Page(values, "", "")))
+        for values in ({"batchnorm": False, "act": "relu"}, {"batchnorm": True, "act": "relu"})
+    ]
+    assert caption_note(records).endswith(
+        "One file per combination of batchnorm and act (2 files)."
+    )
+    plt.close("all")
