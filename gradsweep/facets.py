@@ -18,7 +18,11 @@ import numpy as np
 import pandas as pd
 
 from gradsweep.labels import axis_value, distinct_digits, natural_order, value_text
+from gradsweep.schema import AXIS_PRIORITY, CONFIG_COLUMNS
 
+# Every configuration column, in the order figures prefer them as axes (a column the schema
+# gains without a place in AXIS_PRIORITY still counts as an axis, last).
+AXES: tuple[str, ...] = (*AXIS_PRIORITY, *(c for c in CONFIG_COLUMNS if c not in AXIS_PRIORITY))
 # The most values each encoding shows readably; more go to the next encoding or to pages.
 CAPACITY = {"hue": 8, "style": 4, "col": 6, "row": 8}
 ENCODINGS = tuple(CAPACITY)

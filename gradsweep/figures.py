@@ -33,7 +33,7 @@ from gradsweep.bins import (  # noqa: E402
 from gradsweep.drawn import Pooling, pool, record  # noqa: E402
 from gradsweep.facets import Layout, Page  # noqa: E402
 from gradsweep.labels import configuration_text, readable  # noqa: E402
-from gradsweep.schema import AXIS_PRIORITY, CONFIG_COLUMNS  # noqa: E402
+from gradsweep.schema import CONFIG_COLUMNS  # noqa: E402
 from gradsweep.store import RunSet  # noqa: E402
 
 BAND = ("pi", 100)
@@ -44,7 +44,7 @@ SEQUENTIAL_FROM = 3  # numeric hue axes with this many values get a sequential p
 
 def swept_axes(config: pd.DataFrame) -> list[str]:
     """Configuration columns with more than one value, most telling first."""
-    return facets.swept(config, AXIS_PRIORITY)
+    return facets.swept(config, facets.AXES)
 
 
 def _palette(frame: pd.DataFrame, layout: Layout) -> dict[str, str]:

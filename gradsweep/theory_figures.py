@@ -33,7 +33,6 @@ from gradsweep import facets, theory  # noqa: E402
 from gradsweep.drawn import Pooling, pool, record, save_figures  # noqa: E402
 from gradsweep.labels import axis_value, configuration_text, readable, value_text  # noqa: E402
 from gradsweep.predictions import PRED_COLUMNS  # noqa: E402
-from gradsweep.schema import AXIS_PRIORITY  # noqa: E402
 from gradsweep.store import RunSet  # noqa: E402
 
 PLAIN_SKIP = (1, 1)
@@ -48,7 +47,7 @@ BULK_ERROR_MAX_ROWS = 60
 # The run file's configuration axes, with sigma_w^2 (a function of init, init_scale and width)
 # next to init_scale, which it determines for a given init and width.
 RUN_AXES: tuple[str, ...] = tuple(
-    a for axis in AXIS_PRIORITY for a in (("sigma_w2", axis) if axis == "init_scale" else (axis,))
+    a for axis in facets.AXES for a in (("sigma_w2", axis) if axis == "init_scale" else (axis,))
 )
 # Axes the prediction overlay prefers as hue: what the prediction depends on within a panel.
 OVERLAY_HUE = ("sigma_w2", "init", "batch_size", "width", "bias_init")

@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from gradsweep import theory_figures as TF
 from gradsweep.drawn import drawn
-from gradsweep.schema import AXIS_PRIORITY
+from gradsweep.schema import AXIS_PRIORITY, CONFIG_COLUMNS
 from gradsweep.store import RunSet
 
 SMALL = {  # the presets at width 64 and fewer replicas, so that all three run in seconds
@@ -79,10 +79,12 @@ def test_files_without_prediction_columns_get_no_overlay(sweeps: dict[str, Path]
 
 
 def test_run_axes_are_the_schema_axes_and_sigma_w2() -> None:
-    assert (
-        set(TF.RUN_AXES) == {*AXIS_PRIORITY, "sigma_w2"}
-        and len(TF.RUN_AXES) == len(AXIS_PRIORITY) + 1
+    assert TF.RUN_AXES[: len(AXIS_PRIORITY) + 1] == (
+        *AXIS_PRIORITY[: AXIS_PRIORITY.index("init_scale")],
+        "sigma_w2",
+        *AXIS_PRIORITY[AXIS_PRIORITY.index("init_scale") :],
     )
+    assert set(TF.RUN_AXES) == {*CONFIG_COLUMNS, "sigma_w2"}
 
 
 @pytest.mark.parametrize("name", list(SMALL))
