@@ -326,6 +326,11 @@ def batchnorm_depth(frame: pd.DataFrame) -> list[plt.Figure]:
     return figs
 
 
+def _act_batch(act: str, batch: int) -> str:
+    """`act = relu, batch_size = 32`."""
+    return configuration_text({"act": act, "batch_size": batch})
+
+
 def _bn_left(ax: plt.Axes, median: pd.DataFrame, palette: dict, markers: dict) -> None:
     """Relative dL/dz norms per depth (marker), act and batch size (colour); theory lines."""
     for (act, batch), part in median.groupby(["act", "batch_size"]):
@@ -345,7 +350,7 @@ def _bn_left(ax: plt.Axes, median: pd.DataFrame, palette: dict, markers: dict) -
             rate ** (k / 2),
             color=palette[act, batch],
             lw=1.5,
-            label=f"act = {act}, B = {batch}: theory sqrt(rate) = {math.sqrt(rate):.4f} per layer",
+            label=f"{_act_batch(act, batch)}: theory sqrt(rate) = {math.sqrt(rate):.4f} per layer",
         )
     handles, _ = ax.get_legend_handles_labels()
     handles += [
@@ -371,18 +376,22 @@ def _bn_right(ax: plt.Axes, stats: pd.DataFrame, palette: dict) -> None:
             fmt="o",
             color=palette[act, batch],
             capsize=3,
-            label=f"act = {act}, B = {batch}: measured",
+            label=f"{_act_batch(act, batch)}: measured",
         )
         ax.axhline(
             math.sqrt(theory.batchnorm_rate(act, int(batch))),
             color=palette[act, batch],
             lw=1.5,
-            label=f"act = {act}, B = {batch}: theory",
+            label=f"{_act_batch(act, batch)}: theory",
         )
     for act in stats["act"].unique():
         limit = math.sqrt(theory.batchnorm_rate(act))
         ax.axhline(
-            limit, color="grey", ls=":", lw=1.2, label=f"act = {act}: large-batch limit {limit:.4f}"
+            limit,
+            color="grey",
+            ls=":",
+            lw=1.2,
+            label=f"{axis_value('act', act)}: large-batch limit {limit:.4f}",
         )
     ax.set(
         xlabel="depth (Linear layers)",
