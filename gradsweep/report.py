@@ -2,7 +2,8 @@
 
 Writes into OUT: sweep.parquet (every run's rows, without per-row histograms,
 string columns dictionary-encoded), summary.csv and summary.md (one row per run
-and replica), one PNG per figure, and index.html with the figures embedded, so
+and replica), one PNG per figure (one per value of an axis a figure is split by),
+and index.html with the figures embedded and their captions, so
 it opens in a browser without a server. Files it cannot use are listed, never
 dropped silently.
 """
@@ -22,16 +23,26 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from gradsweep import figures, theory_figures
+from gradsweep.drawn import FigureFiles, save_figures
+from gradsweep.labels import axis_value, readable
+from gradsweep.schema import CONFIG_COLUMNS
 from gradsweep.store import Problem, RunSet
-from gradsweep.summary import SUMMARY_COLUMNS, scan, summarize
+from gradsweep.summary import METRIC_COLUMNS, SUMMARY_COLUMNS, scan, summarize
 
 CAPTIONS = {
-    "layer_profile": "(a) Gradient L2 norm per layer at initialisation (step 0). Solid: weight gradient; dashed: dL/dz at the layer's output, the quantity signal-propagation theory predicts.",
-    "ratio_heatmap": "(b) Vanishing/exploding ratio: layer-0 (input side) norm over layer depth-1 (output side) norm, median over seeds and all other axes.",
-    "clipping": "(c) Total gradient norm before and after clipping, and the loss, over training steps.",
+    "layer_profile": "(a) Gradient L2 norm per layer at initialisation (step 0). Solid: weight "
+    "gradient; dashed: dL/dz at the layer's output, the quantity signal-propagation theory "
+    "predicts.",
+    "ratio_heatmap": "(b) Vanishing/exploding ratio of each configuration: layer-0 (input side) "
+    "norm over layer depth-1 (output side) norm at step 0, for the weight gradient and dL/dz.",
+    "clipping": "(c) Total gradient norm before and after clipping, and the loss, over training "
+    "steps.",
     "batchnorm": "(d) BatchNorm against none: weight-gradient norm per layer at step 0.",
-    "histograms": "(e) Distribution of log10|g| of all weight-gradient elements at step 0, summed over runs from the fixed bins.",
-    "over_steps": "(f) Weight-gradient norm of each layer over training.",
+    "histograms": "(e) Distribution of log10|g| of the weight-gradient elements of all layers at "
+    "step 0, per configuration, from the fixed bins; each panel gives the fraction of exact zeros "
+    "and of magnitudes below 2^-40, which the axis does not show.",
+    "over_steps": "(f) Weight-gradient norm of the input-side, middle and output-side layers over "
+    "training.",
     "devices": "(g) CPU against CUDA: the same configuration and seed measured on both devices.",
     **theory_figures.CAPTIONS,
 }
@@ -43,50 +54,54 @@ SKIPPED = {
     "devices": "not both CPU and CUDA runs present",
     **theory_figures.SKIPPED,
 }
-BAND_NOTE = (
-    "Lines are medians over seeds and replicas (and over axes not shown), bands span min to max."
+SHOWN_ROWS = 200
+FIGURE_NOTE = (
+    "No figure pools configurations: each shows every swept axis as hue, line style, panel or a "
+    "file of its own, or draws only the runs its caption names. Only the seeds (replicas) of one "
+    "configuration are pooled, as each caption says."
 )
 
 
 @dataclass
 class Report:
-    """What `build_report` wrote: output paths, the summary table, figure files and the problems found."""
+    """What `build_report` wrote: output dir, summary table, figure files, the problems found."""
 
     out_dir: Path
     summary: pd.DataFrame
-    figures: dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, FigureFiles] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
+def _cell(value: object) -> str:
+    """A summary value as table text: floats in 4 significant digits, missing values empty."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub-flavoured Markdown table (floats in 4 significant digits)."""
-
-    def cell(v: object) -> str:
-        if v is None or (not isinstance(v, str) and pd.isna(v)):
-            return ""
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += [
-        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+        "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
     ]
     return "\n".join(lines) + "\n"
 
 
 def _figure_plan(
     init: pd.DataFrame, totals: pd.DataFrame, summary: pd.DataFrame, runs: RunSet, swept: list[str]
-) -> dict[str, Callable[[], plt.Figure | None]]:
+) -> dict[str, Callable[[], list[plt.Figure]]]:
     return {
         "layer_profile": lambda: figures.layer_profile(init, swept),
         "ratio_heatmap": lambda: figures.ratio_heatmap(summary, swept),
-        "clipping": lambda: figures.clipping(totals),
+        "clipping": lambda: figures.clipping(totals, swept),
         "batchnorm": lambda: figures.batchnorm(init, swept),
-        "histograms": lambda: figures.histograms(figures.histogram_counts(runs)),
+        "histograms": lambda: figures.histograms(figures.histogram_counts(runs), swept),
         "over_steps": lambda: (
             figures.over_steps(figures.layer_steps(runs), swept)
             if totals["step"].nunique() > 1
-            else None
+            else []
         ),
         "devices": lambda: figures.devices(init),
         **theory_figures.figure_plan(runs),
@@ -94,14 +109,14 @@ def _figure_plan(
 
 
 def write_sweep_parquet(runs: RunSet, path: Path) -> Path:
-    """Every usable run's rows, without the per-row histograms, in one dictionary-encoded zstd file."""
+    """Every usable run's rows, without per-row histograms, in one dictionary-encoded zstd file."""
     columns = [c for c in runs.schema.names if c != "grad_hist"]
     pq.write_table(runs.table(columns=columns), path, compression="zstd")
     return path
 
 
 def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
-    """Read the runs under `paths` and write the sweep parquet, summary tables, figures and index.html."""
+    """Read the runs under `paths`; write the sweep parquet, summaries, figures and index.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = RunSet(paths)
@@ -119,13 +134,11 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
     summary.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(markdown_table(summary))
     for name, make in _figure_plan(init, totals, summary, runs, swept).items():
-        fig = make()
-        if fig is None:
+        figs = make()
+        if not figs:
             report.skipped[name] = SKIPPED[name]
             continue
-        report.figures[name] = out / f"{name}.png"
-        fig.savefig(report.figures[name], dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        report.figures[name] = save_figures(figs, out, name)
     report.problems = runs.problems
     (out / "index.html").write_text(render_html(report, swept, len(runs.files)))
     return report
@@ -140,17 +153,50 @@ def _img(path: Path) -> str:
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
 
+def table_layout(summary: pd.DataFrame, swept: list[str]) -> tuple[list[str], dict[str, object]]:
+    """The HTML table's columns (swept axes, seed, metrics) and the configuration runs share."""
+    constant = {c: summary[c].iloc[0] for c in CONFIG_COLUMNS if c not in swept and len(summary)}
+    return [*swept, "seed", *(c for c in METRIC_COLUMNS if c != "replica")], constant
+
+
+def summary_html(summary: pd.DataFrame, swept: list[str], limit: int = SHOWN_ROWS) -> str:
+    """The summary as an HTML table of swept axes and metrics; the shared configuration once."""
+    esc = html.escape
+    columns, constant = table_layout(summary, swept)
+    shown = readable(summary.head(limit), swept)
+    same = ", ".join(axis_value(c, v) for c, v in constant.items())
+    head = "".join(f"<th>{esc(c).replace('_', '_<wbr>')}</th>" for c in columns)
+    numeric = {c for c in columns if pd.api.types.is_numeric_dtype(summary[c])}
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class='num'>{esc(_cell(v))}</td>" if c in numeric else f"<td>{esc(_cell(v))}</td>"
+            for c, v in zip(columns, row)
+        )
+        + "</tr>"
+        for row in shown[columns].itertuples(index=False)
+    )
+    return (
+        f"<p>{len(shown)} of {len(summary)} rows (one per run and replica; seed = the replica's "
+        f"init seed); every column in summary.csv.</p>"
+        f"<p class='same'>Same in every run: {esc(same or 'nothing')}.</p>"
+        f"<div class='wide'><table class='summary'><tr>{head}</tr>{body}</table></div>"
+    )
+
+
 def render_html(report: Report, swept: list[str], n_files: int) -> str:
-    """The self-contained HTML report: problems, figures (base64 PNG), summary and metric definitions."""
+    """The self-contained HTML report: problems, figures (base64 PNG), summary, definitions."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>gradsweep report</title><style>",
         "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-        ".problems td{color:#a00}",
+        "th{vertical-align:bottom}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "table.summary tr:nth-child(even){background:#f4f4f4}figure{margin:1.5em 0}"
+        "figcaption{max-width:60em}.problems td{color:#a00}.wide{overflow-x:auto}",
         "</style></head><body><h1>gradsweep report</h1>",
-        f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and replica). Swept axes: "
-        f"{esc(', '.join(swept) or 'none')}.</p>",
+        f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and replica). "
+        f"Swept axes: {esc(', '.join(swept) or 'none')}.</p>",
     ]
     if report.problems:
         rows = "".join(
@@ -161,20 +207,21 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
             f"<h2>Runs not read ({len(report.problems)})</h2><table class='problems'>"
             f"<tr><th>kind</th><th>path</th><th>why</th></tr>{rows}</table>"
         )
-    parts.append(f"<h2>Figures</h2><p>{BAND_NOTE}</p>")
-    for name, path in report.figures.items():
-        parts.append(f"<figure>{_img(path)}<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>")
+    parts.append(f"<h2>Figures</h2><p>{FIGURE_NOTE}</p>")
+    for name, files in report.figures.items():
+        pages = "".join(
+            (f"<h4>{esc(title)}</h4>" if title else "") + _img(path)
+            for path, title in zip(files.paths, files.titles)
+        )
+        caption = f"{CAPTIONS[name]} {files.note[:1].upper()}{files.note[1:]}"
+        parts.append(f"<figure>{pages}<figcaption>{esc(caption)}</figcaption></figure>")
     if report.skipped:
         items = "".join(
             f"<li>{esc(CAPTIONS[n])} Not drawn: {esc(why)}.</li>"
             for n, why in report.skipped.items()
         )
         parts.append(f"<ul>{items}</ul>")
-    shown = report.summary.head(200)
-    parts.append(
-        f"<h2>Summary</h2><p>{len(shown)} of {len(report.summary)} rows; all in summary.csv.</p>"
-    )
-    parts.append(shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+    parts.append("<h2 id='summary'>Summary</h2>" + summary_html(report.summary, swept))
     defs = "".join(
         f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in SUMMARY_COLUMNS.items()
     )
@@ -198,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradsweep-report: {p.kind}: {p.path}: {p.message}", file=sys.stderr)
     n_runs = report.summary["run_key"].nunique()
     print(
-        f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, {len(report.figures)} figures"
+        f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, "
+        f"{len(report.figures)} figures"
     )
     return 0
 

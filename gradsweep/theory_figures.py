@@ -2,7 +2,9 @@
 
 Every figure takes the step-0 frame of `theory_frame` (preact and weight rows
 with their configuration and the run files' prediction columns) and returns a
-matplotlib Figure, or None when the sweep lacks what the figure needs.
+list of matplotlib Figures (one per value of the swept axes that do not fit as
+hue or panel), empty when the sweep lacks what the figure needs. Only the seeds
+of one configuration are pooled; each figure keeps what it drew.
 `python -m gradsweep.theory_figures SWEEP_DIR... OUT_DIR` writes them as PNG,
 with the bulk-factor error table as CSV.
 """
@@ -24,9 +26,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from gradsweep import theory  # noqa: E402
+from gradsweep import facets, theory  # noqa: E402
+from gradsweep.drawn import Pooling, pool, record, save_figures  # noqa: E402
+from gradsweep.labels import axis_value, configuration_text, readable, value_text  # noqa: E402
 from gradsweep.predictions import PRED_COLUMNS  # noqa: E402
 from gradsweep.store import RunSet  # noqa: E402
 
@@ -37,25 +42,33 @@ BN_SKIP = (
     1,
 )  # BatchNorm: the first layers are not yet at the fixed point; the last sees the loss
 GLOROT_MAX_PANELS = 4
-OVERLAY_MAX_LINES = 8
 OVERLAY_WRAP = 3
 BULK_ERROR_MAX_ROWS = 60
-RUN_AXES = ("act", "depth", "sigma_w2", "init", "batchnorm", "batch_size", "width", "bias_init")
+# The run file's configuration axes, with sigma_w^2 (a function of init, init_scale and width)
+# next to init_scale, which it determines for a given init and width.
+RUN_AXES: tuple[str, ...] = tuple(
+    a for axis in facets.AXES for a in (("sigma_w2", axis) if axis == "init_scale" else (axis,))
+)
+# Axes the prediction overlay prefers as hue: what the prediction depends on within a panel.
+OVERLAY_HUE = ("sigma_w2", "init", "batch_size", "width", "bias_init")
 
 CAPTIONS = {
-    "phase_diagram": "(t1) Order-to-chaos phase diagram: measured gain of dL/dz per layer at step 0, "
-    "(|dL/dz_0| / |dL/dz_{L-1}|)^(1/(L-1)), over sigma_w^2 and depth; dashed: the critical "
-    "sigma_w^2 where chi_1 = 1 (tanh 1, ReLU 2), on a cell when it is on the grid.",
-    "batchnorm_depth": "(t2) BatchNorm makes gradients explode with depth at a rate set by the batch size alone: "
-    "measured dL/dz norms and per-layer factors against Yang et al.'s finite-batch rate.",
-    "glorot_fig8": "(t3) Glorot & Bengio (2010) Fig. 8: under a shrinking tanh init dL/dz shrinks toward the "
-    "input while the weight gradients stay level.",
-    "prediction_overlay": "(t4) Measured |dL/dz| per layer at step 0 (markers: median over replicas, bars: min "
-    "to max) against the mean-field prediction each run file carries (lines), anchored at "
-    "the measured output layer (BatchNorm runs: at the last hidden layer, as the step from the output "
-    "layer depends on the loss).",
-    "bulk_error": "(t5) Relative error of the bulk factor (geometric-mean per-layer factor over interior "
-    "layers) per run, measured against predicted; bars span the replicas.",
+    "phase_diagram": "(t1) Order-to-chaos phase diagram of the runs without BatchNorm: measured "
+    "gain of dL/dz per layer at step 0, (|dL/dz_0| / |dL/dz_{L-1}|)^(1/(L-1)), over sigma_w^2 "
+    "and depth; dashed: the critical sigma_w^2 where chi_1 = 1 (tanh 1, ReLU 2), on a cell when "
+    "it is on the grid.",
+    "batchnorm_depth": "(t2) BatchNorm makes gradients explode with depth at a rate set by the "
+    "batch size alone: measured dL/dz norms and per-layer factors of the BatchNorm runs against "
+    "Yang et al.'s finite-batch rate.",
+    "glorot_fig8": "(t3) Glorot & Bengio (2010) Fig. 8: under a shrinking tanh init dL/dz shrinks "
+    "toward the input while the weight gradients stay level (deepest tanh network without "
+    "BatchNorm of each init).",
+    "prediction_overlay": "(t4) Measured |dL/dz| per layer at step 0 (markers) against the "
+    "mean-field prediction each run file carries (lines), anchored at the measured output layer "
+    "(BatchNorm runs: at the last hidden layer, as the step from the output layer depends on the "
+    "loss).",
+    "bulk_error": "(t5) Relative error of the bulk factor (geometric-mean per-layer factor over "
+    "interior layers) per run, measured against predicted.",
 }
 SKIPPED = {
     "phase_diagram": "fewer than three sigma_w^2 values without BatchNorm",
@@ -67,7 +80,7 @@ SKIPPED = {
 
 
 def theory_frame(runs: RunSet) -> pd.DataFrame:
-    """Step-0 preact and weight rows of every run, with configuration, sigma_w^2 and any prediction columns."""
+    """Step-0 preact and weight rows of every run, with configuration, sigma_w^2, predictions."""
     columns = ["run_key", "replica", "layer", "tensor", "grad_norm"]
     columns += [c for c in PRED_COLUMNS if c in runs.schema.names]
     rows = runs.frame(
@@ -102,7 +115,7 @@ def _bulk(values: np.ndarray, skip: tuple[int, int]) -> float:
 
 
 def replica_bulks(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run, replica and tensor: measured bulk factor (and predicted, for preact) over interior layers."""
+    """Per run, replica and tensor: measured bulk factor (predicted too, for preact)."""
     records = []
     for (key, replica, tensor), group in frame.groupby(
         ["run_key", "replica", "tensor"], sort=False
@@ -118,11 +131,17 @@ def replica_bulks(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _configs(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its configuration and sigma_w^2, indexed by run key."""
     return frame.drop_duplicates("run_key").set_index("run_key")[list(RUN_AXES)]
 
 
+def _with_config(rows: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-run or per-replica `rows` (with run_key) joined to each run's configuration."""
+    return rows.join(_configs(frame), on="run_key")
+
+
 def bulk_error_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run: measured bulk factor of dL/dz (mean and spread over replicas), predicted, relative error."""
+    """Per run: measured bulk factor of dL/dz (mean, spread over replicas), predicted, error."""
     bulks = replica_bulks(frame)
     bulks = bulks[(bulks["tensor"] == "preact") & np.isfinite(bulks["predicted"])]
     if bulks.empty:
@@ -156,21 +175,20 @@ def bulk_error_table(frame: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- figures
 
 
-def _gain_per_layer(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run: mean over replicas of log10 (|dL/dz_0| / |dL/dz_{L-1}|) / (L - 1)."""
+def _log_gains(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run and replica: log10 (|dL/dz_0| / |dL/dz_{L-1}|) / (L - 1), with the configuration."""
     pre = frame[(frame["tensor"] == "preact") & (frame["depth"] > 1)]
     first = pre[pre["layer"] == 0].set_index(["run_key", "replica"])["grad_norm"]
     last = pre[pre["layer"] == pre["depth"] - 1].set_index(["run_key", "replica"])["grad_norm"]
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(first / last.reindex(first.index))
-    configs = _configs(frame)
-    per_run = logs.groupby(level="run_key").mean()
-    per_layer = per_run / (configs["depth"].reindex(per_run.index) - 1)
-    return configs.join(per_layer.rename("log10_gain"), how="inner").reset_index()
+    gains = _with_config(logs.rename("log10_gain").reset_index(), frame)
+    gains["log10_gain"] = gains["log10_gain"] / (gains["depth"] - 1)
+    return gains
 
 
 def _mark_critical(ax: plt.Axes, sw2_values: np.ndarray, critical: float, row: int) -> None:
-    """Dashed box around the heatmap cell at the critical sigma_w^2, a dashed line between cells, nothing off the grid."""
+    """Dashed box around the critical sigma_w^2's cell, or a line between cells; none off grid."""
     if not sw2_values.min() <= critical <= sw2_values.max():
         return
     on_grid = np.flatnonzero(np.isclose(sw2_values, critical, rtol=1e-3))
@@ -181,222 +199,281 @@ def _mark_critical(ax: plt.Axes, sw2_values: np.ndarray, critical: float, row: i
     ax.plot([x, x], [row, row + 1], color="black", ls="--", lw=2)
 
 
-def phase_diagram(frame: pd.DataFrame) -> plt.Figure | None:
-    """Heatmap of the measured log10 gain per layer over (sigma_w^2, depth) per activation, or over (sigma_w^2, act)."""
+def phase_diagram(frame: pd.DataFrame) -> list[plt.Figure]:
+    """Heatmap of the measured log10 gain per layer over (sigma_w^2, depth), a panel per act."""
     plain = frame[~frame["batchnorm"].astype(bool)]
     if plain["sigma_w2"].nunique() < 3:
-        return None
-    gains = _gain_per_layer(plain)
-    gains["sigma_w2"] = gains["sigma_w2"].round(4)
-    by_depth = gains["depth"].nunique() > 1
-    panels = sorted(gains["act"].unique()) if by_depth else [None]
-    fig, axes = plt.subplots(
-        1,
-        len(panels),
-        figsize=(
-            4.8 * len(panels) + 1,
-            0.55 * max(gains["depth"].nunique() if by_depth else gains["act"].nunique(), 4) + 2,
-        ),
-        squeeze=False,
-        constrained_layout=True,
+        return []
+    gains = _log_gains(plain)
+    y = "depth" if gains["depth"].nunique() > 1 else "act"
+    layout = facets.plan(gains, RUN_AXES, ("col", "row"), placed={"x": ("sigma_w2",), "y": (y,)})
+    cells = pool(gains, layout.shown, "log10_gain", ("mean",))
+    finite = np.abs(cells["mean"][np.isfinite(cells["mean"])])
+    limit = max(float(finite.max()) if len(finite) else 0.0, 1e-3)
+    figs = []
+    for page, part in facets.pages(cells, layout):
+        encoded = facets.encode(part, layout)
+        col, row = layout.column("col"), layout.column("row")
+        cols, rows = facets.present(encoded.frame, col), facets.present(encoded.frame, row)
+        fig, axes = plt.subplots(
+            len(rows),
+            len(cols),
+            figsize=(4.8 * len(cols) + 1, (0.55 * max(part[y].nunique(), 4) + 2) * len(rows)),
+            squeeze=False,
+            constrained_layout=True,
+        )
+        for i, row_value in enumerate(rows):
+            for j, col_value in enumerate(cols):
+                panel = facets.select(facets.select(encoded.frame, row, row_value), col, col_value)
+                _phase_panel(axes[i][j], panel, y, limit, cbar=j == len(cols) - 1)
+                title = encoded.panel_title(row_value, col_value)
+                acts = panel["act"].unique()
+                if len(acts) == 1:
+                    critical = theory.critical_sigma_w2(acts[0])
+                    title += f"\ncritical sigma_w^2 = {critical:.3g} (dashed)"
+                else:
+                    title += "\ncritical sigma_w^2 dashed"
+                axes[i][j].set_title(
+                    title.strip() + "\ncells: gain per layer; <1 vanishing, >1 exploding",
+                    fontsize=10,
+                )
+        if page.title:
+            fig.suptitle(page.title)
+        figs.append(record(fig, part, Pooling("cells", "geometric mean"), page=page))
+    return figs
+
+
+def _phase_panel(ax: plt.Axes, panel: pd.DataFrame, y: str, limit: float, cbar: bool) -> None:
+    """One phase-diagram heatmap: rows `y`, columns sigma_w^2, cells 10 ** mean log10 gain."""
+    grid = panel.pivot(index=y, columns="sigma_w2", values="mean")
+    xs = grid.columns.to_numpy(dtype=float)
+    sns.heatmap(
+        grid,
+        ax=ax,
+        cmap="vlag",
+        vmin=-limit,
+        vmax=limit,
+        annot=10**grid,
+        fmt=".3g",
+        cbar=cbar,
+        cbar_kws={"label": "log10 gain of dL/dz per layer"},
     )
-    limit = max(float(np.nanmax(np.abs(gains["log10_gain"]))), 1e-3)
-    for ax, act in zip(axes[0], panels):
-        part = gains if act is None else gains[gains["act"] == act]
-        rows = "depth" if by_depth else "act"
-        grid = part.pivot_table(index=rows, columns="sigma_w2", values="log10_gain", aggfunc="mean")
-        sns.heatmap(
-            grid,
-            ax=ax,
-            cmap="vlag",
-            vmin=-limit,
-            vmax=limit,
-            annot=10**grid,
-            fmt=".3g",
-            cbar=ax is axes[0][-1],
-            cbar_kws={"label": "log10 gain of dL/dz per layer"},
-        )
-        xs = grid.columns.to_numpy(dtype=float)
-        for i, row_value in enumerate(grid.index):
-            _mark_critical(
-                ax, xs, theory.critical_sigma_w2(act if act is not None else row_value), i
-            )
-        ax.invert_yaxis()
-        title = (
-            f"{act}: critical sigma_w^2 = {theory.critical_sigma_w2(act):.3g}"
-            if act
-            else "all activations"
-        )
-        ax.set(
-            xlabel="sigma_w^2 (fan_in x Var W)",
-            ylabel="depth (Linear layers)" if by_depth else "activation",
-            title=title + " (dashed)\ncells: gain per layer; <1 vanishing, >1 exploding",
-        )
-        ax.set_xticklabels([f"{v:g}" for v in xs])
-    return fig
+    for i, row_value in enumerate(grid.index):
+        act = row_value if y == "act" else panel["act"].iloc[0]
+        _mark_critical(ax, xs, theory.critical_sigma_w2(act), i)
+    ax.invert_yaxis()
+    ax.set(
+        xlabel="sigma_w^2 (fan_in x Var W)",
+        ylabel="depth (Linear layers)" if y == "depth" else "activation",
+    )
+    texts = readable(pd.DataFrame({"sigma_w2": xs}), ["sigma_w2"])["sigma_w2"]
+    ax.set_xticklabels(list(texts.astype(str)), rotation=0)
 
 
-def batchnorm_depth(frame: pd.DataFrame) -> plt.Figure | None:
-    """Left: |dL/dz_l| / |dL/dz_{L-2}| against layers below the last hidden one; right: bulk factor vs depth; theory lines."""
-    bn = frame[
-        frame["batchnorm"].astype(bool) & (frame["tensor"] == "preact") & (frame["depth"] >= 3)
-    ].copy()
-    if (
-        bn.empty
-        or bn["depth"].max() < BN_MIN_DEPTH
-        or (bn["depth"].nunique() < 2 and bn["batch_size"].nunique() < 2)
-    ):
-        return None
+def _relative_to_last_hidden(bn: pd.DataFrame) -> pd.DataFrame:
+    """BatchNorm dL/dz rows up to the last hidden layer, as a ratio to that layer's norm."""
     last_hidden = bn[bn["layer"] == bn["depth"] - 2].set_index(["run_key", "replica"])["grad_norm"]
-    bn = bn[bn["layer"] <= bn["depth"] - 2]
+    bn = bn[bn["layer"] <= bn["depth"] - 2].copy()
     bn["below"] = bn["depth"] - 2 - bn["layer"]
     bn["relative"] = (
         bn["grad_norm"].to_numpy()
         / last_hidden.reindex(pd.MultiIndex.from_frame(bn[["run_key", "replica"]])).to_numpy()
     )
+    return bn
+
+
+DEPTH_MARKERS = "osD^vP*Xph"
+
+
+def batchnorm_depth(frame: pd.DataFrame) -> list[plt.Figure]:
+    """Left: |dL/dz_l| / |dL/dz_{L-2}| against layers below; right: bulk factor against depth."""
+    bn = frame[
+        frame["batchnorm"].astype(bool) & (frame["tensor"] == "preact") & (frame["depth"] >= 3)
+    ]
+    if (
+        bn.empty
+        or bn["depth"].max() < BN_MIN_DEPTH
+        or (bn["depth"].nunique() < 2 and bn["batch_size"].nunique() < 2)
+    ):
+        return []
+    layout = facets.plan(bn, RUN_AXES, (), placed={"color": ("act", "batch_size"), "x": ("depth",)})
     combos = sorted(set(zip(bn["act"], bn["batch_size"])))
     palette = dict(zip(combos, sns.color_palette("deep", len(combos))))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.6), constrained_layout=True)
-    median = bn.groupby(["act", "batch_size", "depth", "below"], as_index=False)[
-        "relative"
-    ].median()
-    for (act, batch), part in median.groupby(["act", "batch_size"]):
-        left.scatter(
-            part["below"],
-            part["relative"],
-            s=14,
-            color=palette[act, batch],
-            alpha=0.7,
-            label=f"{act}, B={batch}: measured (all depths)",
+    markers = dict(zip(sorted(bn["depth"].unique()), DEPTH_MARKERS * 10))
+    figs = []
+    for page, part in facets.pages(bn, layout):
+        relative = _relative_to_last_hidden(part)
+        bulks = _with_config(replica_bulks(part), frame).dropna(subset=["measured"])
+        left_data = pool(relative, [*layout.shown, "below"], "relative", ("median",))
+        right_data = pool(bulks, layout.shown, "measured", ("mean", "min", "max"))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.8), constrained_layout=True)
+        _bn_left(left, left_data, palette, markers)
+        _bn_right(right, right_data, palette)
+        if page.title:
+            fig.suptitle(page.title)
+        data = pd.concat(
+            [left_data.assign(panel="left"), right_data.assign(panel="right")], ignore_index=True
         )
+        figs.append(
+            record(
+                fig,
+                data,
+                Pooling("left, points", "median"),
+                Pooling("right, points", "mean", "bars min to max"),
+                page=page,
+            )
+        )
+    return figs
+
+
+def _act_batch(act: str, batch: int) -> str:
+    """`act = relu, batch_size = 32`."""
+    return configuration_text({"act": act, "batch_size": batch})
+
+
+def _bn_left(ax: plt.Axes, median: pd.DataFrame, palette: dict, markers: dict) -> None:
+    """Relative dL/dz norms per depth (marker), act and batch size (colour); theory lines."""
+    for (act, batch), part in median.groupby(["act", "batch_size"]):
+        for depth, rows in part.groupby("depth"):
+            ax.scatter(
+                rows["below"],
+                rows["median"],
+                s=16,
+                color=palette[act, batch],
+                marker=markers[depth],
+                alpha=0.75,
+            )
         rate = theory.batchnorm_rate(act, int(batch))
         k = np.arange(part["below"].max() + 1)
-        left.plot(
+        ax.plot(
             k,
             rate ** (k / 2),
             color=palette[act, batch],
             lw=1.5,
-            label=f"{act}, B={batch}: theory sqrt(rate) = {math.sqrt(rate):.4f} per layer",
+            label=f"{_act_batch(act, batch)}: theory sqrt(rate) = {math.sqrt(rate):.4f} per layer",
         )
-    left.set(
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], color="grey", marker=markers[d], ls="", label=f"measured, depth = {d}")
+        for d in sorted(median["depth"].unique())
+    ]
+    ax.set(
         yscale="log",
         xlabel="layers below the last hidden layer, L-2-l",
-        ylabel="|dL/dz_l| / |dL/dz_{L-2}| at step 0 (median over replicas)",
+        ylabel="|dL/dz_l| / |dL/dz_{L-2}| at step 0",
         title="gradient norm grows toward the input",
     )
-    left.legend(fontsize=8, loc="upper left")
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
 
-    bulks = replica_bulks(frame[frame["batchnorm"].astype(bool) & (frame["tensor"] == "preact")])
-    bulks = bulks.join(_configs(frame), on="run_key").dropna(subset=["measured"])
-    for (act, batch), part in bulks.groupby(["act", "batch_size"]):
-        stats = part.groupby("depth")["measured"].agg(["mean", "min", "max"]).reset_index()
-        right.errorbar(
-            stats["depth"],
-            stats["mean"],
-            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+
+def _bn_right(ax: plt.Axes, stats: pd.DataFrame, palette: dict) -> None:
+    """Bulk factor against depth (mean, min to max over seeds) with the finite-batch theory."""
+    for (act, batch), part in stats.groupby(["act", "batch_size"]):
+        ax.errorbar(
+            part["depth"],
+            part["mean"],
+            yerr=[part["mean"] - part["min"], part["max"] - part["mean"]],
             fmt="o",
             color=palette[act, batch],
             capsize=3,
-            label=f"{act}, B={batch}: measured",
+            label=f"{_act_batch(act, batch)}: measured",
         )
-        right.axhline(
+        ax.axhline(
             math.sqrt(theory.batchnorm_rate(act, int(batch))),
             color=palette[act, batch],
             lw=1.5,
-            label=f"{act}, B={batch}: theory",
+            label=f"{_act_batch(act, batch)}: theory",
         )
-    for act in bulks["act"].unique():
-        right.axhline(
-            math.sqrt(theory.batchnorm_rate(act)),
+    for act in stats["act"].unique():
+        limit = math.sqrt(theory.batchnorm_rate(act))
+        ax.axhline(
+            limit,
             color="grey",
             ls=":",
             lw=1.2,
-            label=f"{act}: large-batch limit {math.sqrt(theory.batchnorm_rate(act)):.4f}",
+            label=f"{axis_value('act', act)}: large-batch limit {limit:.4f}",
         )
-    right.set(
+    ax.set(
         xlabel="depth (Linear layers)",
         ylabel="bulk factor |dL/dz_l| / |dL/dz_{l+1}|",
         title="per-layer factor (interior layers: skip first 3 and last 1)",
     )
-    right.legend(fontsize=8)
-    return fig
+    ax.legend(fontsize=8, loc="best")
 
 
-def glorot_fig8(frame: pd.DataFrame) -> plt.Figure | None:
-    """dL/dz and dL/dW norms per layer on one axis per tanh initialisation (2 to 4, deepest network of each)."""
+GLOROT_PANEL = ("init", "init_scale", "sigma_w2")
+
+
+def glorot_fig8(frame: pd.DataFrame) -> list[plt.Figure]:
+    """dL/dz and dL/dW norms per layer, an axis per tanh init (2 to 4, deepest network of each)."""
     tanh = frame[(frame["act"] == "tanh") & ~frame["batchnorm"].astype(bool)]
     if tanh.empty:
-        return None
-    deepest = tanh[tanh["depth"] == tanh.groupby(["init", "init_scale"])["depth"].transform("max")]
-    combos = deepest[["init", "init_scale", "sigma_w2"]].drop_duplicates().sort_values("sigma_w2")
-    if not 2 <= len(combos) <= GLOROT_MAX_PANELS:
-        return None
-    fig, axes = plt.subplots(
-        1,
-        len(combos),
-        figsize=(5 * len(combos), 4.2),
-        squeeze=False,
-        sharey=True,
-        constrained_layout=True,
-    )
-    bulks = replica_bulks(deepest).groupby(["run_key", "tensor"])["measured"].mean()
-    for ax, combo in zip(axes[0], combos.itertuples(index=False)):
-        part = deepest[
-            (deepest["init"] == combo.init) & (deepest["init_scale"] == combo.init_scale)
-        ]
-        key = part["run_key"].iloc[0]
-        for tensor, color, name in (
-            ("preact", "C3", "back-propagated dL/dz_l"),
-            ("weight", "C0", "weight gradient dL/dW_l"),
-        ):
-            rows = part[part["tensor"] == tensor]
-            stats = rows.groupby("layer")["grad_norm"].agg(["median", "min", "max"])
-            ax.plot(
-                stats.index,
-                stats["median"],
-                "o-",
-                color=color,
-                label=f"{name}: x{bulks.get((key, tensor), math.nan):.3f} per layer",
-            )
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2)
-        ax.set(
-            yscale="log",
-            xlabel="Linear layer (0 = input side)",
-            title=f"tanh, init={combo.init} x{combo.init_scale:g}: sigma_w^2 = {combo.sigma_w2:.3g}",
+        return []
+    layout = facets.plan(tanh, RUN_AXES, (), placed={"panel": GLOROT_PANEL, "depth": ("depth",)})
+    panel_axes = list(layout.axes("panel"))
+    figs = []
+    for page, part in facets.pages(tanh, layout):
+        deepest = part[part["depth"] == part.groupby(panel_axes)["depth"].transform("max")]
+        combos = deepest[panel_axes].drop_duplicates().sort_values("sigma_w2")
+        if not 2 <= len(combos) <= GLOROT_MAX_PANELS:
+            continue
+        fig, axes = plt.subplots(
+            1,
+            len(combos),
+            figsize=(5 * len(combos), 4.4),
+            squeeze=False,
+            sharey=True,
+            constrained_layout=True,
         )
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel("gradient L2 norm at step 0")
-    fig.suptitle(
-        "Glorot & Bengio Fig. 8: per-layer factors are interior geometric means (first and last skipped)"
-    )
-    return fig
+        for ax, combo in zip(axes[0], combos.itertuples(index=False)):
+            values = combo._asdict()
+            rows = deepest[(deepest[panel_axes] == pd.Series(values)).all(axis=1)]
+            _glorot_panel(ax, rows)
+            sigma = values.pop("sigma_w2")
+            depth = int(rows["depth"].iloc[0])
+            ax.set_title(
+                f"tanh, {configuration_text(values)}, depth = {depth}\n"
+                f"sigma_w^2 = {value_text('sigma_w2', sigma)}",
+                fontsize=10,
+            )
+        axes[0][0].set_ylabel("gradient L2 norm at step 0")
+        fig.suptitle(
+            "Glorot & Bengio Fig. 8: per-layer factors are interior geometric means "
+            "(first and last skipped)" + (f"\n{page.title}" if page.title else "")
+        )
+        data = pool(
+            deepest, [*layout.shown, "tensor", "layer"], "grad_norm", ("median", "min", "max")
+        )
+        figs.append(record(fig, data, Pooling("lines", "median", "bands min to max"), page=page))
+    return figs
 
 
-def _overlay_axes(
-    frame: pd.DataFrame,
-) -> tuple[str | None, str | None, str | None, dict[str, object]]:
-    """(hue, col, row, fixed): hue and facet axes from the swept configuration; the rest held at the deepest run's values."""
-    configs = _configs(frame)
-    swept = [a for a in RUN_AXES if configs[a].astype(str).nunique() > 1]
-    hue = next(
-        (a for a in ("sigma_w2", "init", "batch_size", "width", "bias_init") if a in swept), None
-    )
-    facets = [a for a in swept if a != hue]
-    reference = configs.sort_values("depth", ascending=False).iloc[0]
-    fixed = {a: reference[a] for a in facets[2:]}
-    col, row = (facets + [None, None])[:2]
-    return hue, col, row, fixed
-
-
-def _ordered(values: pd.Series) -> list:
-    """Distinct values in natural order (numbers by value, anything else by text)."""
-    unique = list(values.unique())
-    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) for v in unique)
-    return sorted(unique) if numeric else sorted(unique, key=str)
+def _glorot_panel(ax: plt.Axes, rows: pd.DataFrame) -> None:
+    """dL/dz and weight-gradient norms per layer of one configuration, with per-layer factors."""
+    bulks = replica_bulks(rows).groupby("tensor")["measured"].mean()
+    for tensor, color, name in (
+        ("preact", "C3", "back-propagated dL/dz_l"),
+        ("weight", "C0", "weight gradient dL/dW_l"),
+    ):
+        stats = rows[rows["tensor"] == tensor].groupby("layer")["grad_norm"]
+        stats = stats.agg(["median", "min", "max"])
+        ax.plot(
+            stats.index,
+            stats["median"],
+            "o-",
+            color=color,
+            label=f"{name}: x{bulks.get(tensor, math.nan):.3f} per layer",
+        )
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2)
+    ax.set(yscale="log", xlabel="Linear layer (0 = input side)")
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def _display_prediction(pre: pd.DataFrame) -> pd.Series:
-    """pred_preact_norm; BatchNorm runs re-anchored at the measured last hidden layer, output layer left out (loss-specific)."""
+    """pred_preact_norm; BatchNorm runs anchored at the last hidden layer, no output layer.
+
+    The step from the output layer of a BatchNorm network depends on the loss.
+    """
     pred = pre["pred_preact_norm"].copy()
     bn = pre["batchnorm"].astype(bool) & (pre["depth"] >= 2)
     at = pre[bn & (pre["layer"] == pre["depth"] - 2)].set_index(["run_key", "replica"])
@@ -410,42 +487,75 @@ def _display_prediction(pre: pd.DataFrame) -> pd.Series:
     return pred
 
 
-def prediction_overlay(frame: pd.DataFrame) -> plt.Figure | None:
-    """Measured |dL/dz_l| per layer (markers, replica median and range) and the run files' predictions (lines)."""
+def _overlay_layout(pre: pd.DataFrame) -> facets.Layout:
+    """Hue: the first swept axis a panel's predictions depend on; panels and pages the rest."""
+    hue = [a for a in OVERLAY_HUE if a in facets.swept(pre, RUN_AXES)][:1]
+    axes = [*hue, *(a for a in RUN_AXES if a not in hue)]
+    return facets.plan(pre, axes, ("hue", "col", "row") if hue else ("col", "row"))
+
+
+def prediction_overlay(frame: pd.DataFrame) -> list[plt.Figure]:
+    """Measured |dL/dz_l| per layer (markers: median, range) and the run files' predictions."""
     if "pred_preact_norm" not in frame:
-        return None
+        return []
     pre = frame[(frame["tensor"] == "preact") & frame["pred_preact_norm"].notna()]
     if pre.empty:
-        return None
-    hue, col, row, fixed = _overlay_axes(pre)
-    for axis, value in fixed.items():
-        pre = pre[pre[axis] == value]
+        return []
     pre = pre.assign(shown=_display_prediction(pre))
-    hues = _ordered(pre[hue]) if hue else [None]
-    if len(hues) > OVERLAY_MAX_LINES:
-        hues = [
-            hues[i] for i in np.linspace(0, len(hues) - 1, OVERLAY_MAX_LINES).round().astype(int)
-        ]
-    panels = [
-        (r, c)
-        for r in (_ordered(pre[row]) if row else [None])
-        for c in (_ordered(pre[col]) if col else [None])
-    ]
-    ncols = pre[col].nunique() if row and col else min(len(panels), OVERLAY_WRAP)
+    layout = _overlay_layout(pre)
+    by = ["layer", *layout.shown]
+    figs = []
+    for page, part in facets.pages(pre, layout):
+        fig = _overlay_page(facets.encode(part, layout), layout)
+        anchor = (
+            "; BatchNorm lines anchored at the last hidden layer"
+            if part["batchnorm"].astype(bool).any()
+            else ""
+        )
+        fig.suptitle(
+            "measured (markers) vs mean-field prediction (lines)"
+            + anchor
+            + (f"\n{page.title}" if page.title else "")
+        )
+        data = pd.concat(
+            [
+                pool(part, by, "grad_norm", ("median", "min", "max")).assign(quantity="measured"),
+                pool(part, by, "shown", ("median",)).assign(quantity="predicted"),
+            ],
+            ignore_index=True,
+        )
+        figs.append(
+            record(
+                fig,
+                data,
+                Pooling("markers", "median", "bars min to max"),
+                Pooling("lines", "median prediction"),
+                page=page,
+            )
+        )
+    return figs
+
+
+def _overlay_page(encoded: facets.Encoded, layout: facets.Layout) -> plt.Figure:
+    """One page of the overlay: a panel per col and row value, a colour per hue value."""
+    pre = encoded.frame
+    hue, col, row = (layout.column(s) for s in ("hue", "col", "row"))
+    hues = list(pre[hue].cat.categories) if hue else [None]
+    panels = [(r, c) for r in facets.present(pre, row) for c in facets.present(pre, col)]
+    ncols = len(facets.present(pre, col)) if row and col else min(len(panels), OVERLAY_WRAP)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(
         nrows,
         ncols,
-        figsize=(4.6 * ncols + 1.2, 3.4 * nrows + 0.6),
+        figsize=(4.6 * ncols + 1.6, 3.4 * nrows + 0.8),
         squeeze=False,
         constrained_layout=True,
     )
     colors = dict(zip(hues, sns.color_palette("viridis", len(hues))))
     for ax, (row_value, col_value) in zip(axes.flat, panels):
-        panel = pre[(pre[row] == row_value) if row else slice(None)]
-        panel = panel[(panel[col] == col_value) if col else slice(None)]
+        panel = facets.select(facets.select(pre, row, row_value), col, col_value)
         for hue_value in hues:
-            part = panel if hue is None else panel[panel[hue] == hue_value]
+            part = facets.select(panel, hue, hue_value)
             if part.empty:
                 continue
             stats = part.groupby("layer").agg(
@@ -465,18 +575,10 @@ def prediction_overlay(frame: pd.DataFrame) -> plt.Figure | None:
                 capsize=2,
                 lw=0.8,
             )
-            ax.plot(
-                stats.index,
-                stats["pred"],
-                "-",
-                color=color,
-                lw=1.3,
-                label=_value_label(hue, hue_value),
-            )
+            label = "prediction" if hue is None else str(hue_value)
+            ax.plot(stats.index, stats["pred"], "-", color=color, lw=1.3, label=label)
         ax.set(yscale="log", xlabel="Linear layer (0 = input side)", ylabel="|dL/dz_l| at step 0")
-        ax.set_title(
-            ", ".join(f"{a}={v}" for a, v in ((row, row_value), (col, col_value)) if a), fontsize=10
-        )
+        ax.set_title(encoded.panel_title(row_value, col_value), fontsize=10)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     legend = {
@@ -485,54 +587,33 @@ def prediction_overlay(frame: pd.DataFrame) -> plt.Figure | None:
     fig.legend(
         legend.values(),
         legend.keys(),
-        loc="outside right upper",
+        loc="outside right center",
         fontsize=8,
-        title="line: prediction",
-    )
-    held = ", ".join(f"{a}={v}" for a, v in fixed.items())
-    anchor = (
-        "; BatchNorm lines anchored at the last hidden layer"
-        if pre["batchnorm"].astype(bool).any()
-        else ""
-    )
-    fig.suptitle(
-        "measured (markers) vs mean-field prediction (lines)"
-        + anchor
-        + (f"; {held} shown" if held else "")
+        title=f"line: prediction\n{hue}" if hue else "line: prediction",
     )
     return fig
 
 
-def _value_label(axis: str | None, value: object) -> str:
-    """Legend text of one hue value."""
-    if axis is None:
-        return "prediction"
-    return f"{axis}={value:.3g}" if isinstance(value, float) else f"{axis}={value}"
-
-
-def bulk_error(frame: pd.DataFrame) -> plt.Figure | None:
-    """Dot plot of each run's bulk-factor relative error (mean and range over replicas), one row per run."""
+def bulk_error(frame: pd.DataFrame) -> list[plt.Figure]:
+    """Dot plot of each run's bulk-factor relative error (mean and range over seeds)."""
     table = bulk_error_table(frame)
     if table.empty:
-        return None
+        return []
     title = "theory vs measurement per run (interior layers)"
     if len(table) > BULK_ERROR_MAX_ROWS:
         worst = table["rel_error"].abs().sort_values(ascending=False).index[:BULK_ERROR_MAX_ROWS]
         table = table.loc[sorted(worst)].reset_index(drop=True)
         title += f": the {BULK_ERROR_MAX_ROWS} runs with the largest errors"
-    configs = table[list(RUN_AXES)]
-    swept = [a for a in RUN_AXES if configs[a].astype(str).nunique() > 1] or ["act"]
-    label = table[swept].apply(
-        lambda r: ", ".join(
-            f"{a}={v:.3g}" if isinstance(v, float) else f"{a}={v}" for a, v in r.items()
-        ),
-        axis=1,
+    swept = facets.swept(table, RUN_AXES) or ["act"]
+    texts = readable(table, swept)
+    label = texts[swept].apply(
+        lambda r: ", ".join(axis_value(a, str(v)) for a, v in r.items()), axis=1
     )
     y = np.arange(len(table))
     err = 100 * table["rel_error"]
     lo = 100 * (table["low"] / table["predicted"] - 1)
     hi = 100 * (table["high"] / table["predicted"] - 1)
-    fig, ax = plt.subplots(figsize=(8.5, 0.24 * len(table) + 1.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8.5, 0.24 * len(table) + 2.0), constrained_layout=True)
     ax.axvspan(-1.5, 1.5, color="0.92", label="+-1.5% (tests' tolerance at depth 20)")
     ax.axvline(0, color="grey", lw=1)
     ax.errorbar(
@@ -543,18 +624,21 @@ def bulk_error(frame: pd.DataFrame) -> plt.Figure | None:
         ms=4,
         color="C3",
         capsize=2,
-        label="mean over replicas (bars: min to max)",
+        label="mean over seeds (bars: min to max)",
     )
     for yi, e in zip(y, err):
         ax.annotate(f"{e:+.2f}%", (e, yi), xytext=(6, 3), textcoords="offset points", fontsize=7)
     ax.set_yticks(y, label, fontsize=7)
     ax.invert_yaxis()
     ax.set(xlabel="bulk factor of dL/dz: measured / predicted - 1 (%)", title=title)
-    ax.legend(fontsize=8, loc="lower right")
-    return fig
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
+    bulks = _with_config(replica_bulks(frame), frame)
+    bulks = bulks[(bulks["tensor"] == "preact") & bulks["run_key"].isin(table["run_key"])]
+    data = pool(bulks, ["run_key", *swept], "measured", ("mean", "min", "max"))
+    return [record(fig, data, Pooling("points", "mean", "bars min to max"))]
 
 
-MAKERS: dict[str, Callable[[pd.DataFrame], plt.Figure | None]] = {
+MAKERS: dict[str, Callable[[pd.DataFrame], list[plt.Figure]]] = {
     "phase_diagram": phase_diagram,
     "batchnorm_depth": batchnorm_depth,
     "glorot_fig8": glorot_fig8,
@@ -563,7 +647,7 @@ MAKERS: dict[str, Callable[[pd.DataFrame], plt.Figure | None]] = {
 }
 
 
-def figure_plan(runs: RunSet) -> dict[str, Callable[[], plt.Figure | None]]:
+def figure_plan(runs: RunSet) -> dict[str, Callable[[], list[plt.Figure]]]:
     """Name -> figure maker for the report; the step-0 frame is read once, on first use."""
     cache: dict[str, pd.DataFrame] = {}
 
@@ -576,7 +660,7 @@ def figure_plan(runs: RunSet) -> dict[str, Callable[[], plt.Figure | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write every theory figure that the runs under the given paths support, and the bulk-error table."""
+    """Write every theory figure the runs under the given paths support, and the error table."""
     parser = argparse.ArgumentParser(
         prog="python -m gradsweep.theory_figures", description=__doc__.splitlines()[0]
     )
@@ -599,13 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     frame = theory_frame(runs)
     bulk_error_table(frame).to_csv(out / "bulk_error.csv", index=False)
     for name, make in MAKERS.items():
-        fig = make(frame)
-        if fig is None:
+        figs = make(frame)
+        if not figs:
             print(f"{name}: not drawn ({SKIPPED[name]})")
             continue
-        fig.savefig(out / f"{name}.png", dpi=110)
-        plt.close(fig)
-        print(out / f"{name}.png")
+        for path in save_figures(figs, out, name).paths:
+            print(path)
     return 0
 
 

@@ -45,3 +45,12 @@ def make_sweep(tmp_path_factory: pytest.TempPathFactory):
         return out
 
     return make
+
+
+THREE_AXES = ["act=sigmoid,relu", "depth=3,5", "batchnorm=false,true", "replicas=2", "steps=2"]
+
+
+@pytest.fixture(scope="session")
+def three_axis_sweep(make_sweep) -> Path:
+    """A real multirun over act x depth x batchnorm: 8 runs of 2 replicas, 3 logged steps."""
+    return make_sweep("three_axes", *THREE_AXES)

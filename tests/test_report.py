@@ -1,4 +1,4 @@
-"""The report built from a real smoke sweep: files, summary numbers against the run files, HTML, refusals and skips."""
+"""The report of real sweeps: files, summary numbers against run files, figures, HTML, refusals."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from gradsweep.report import build_report, main
+from gradsweep.schema import CONFIG_COLUMNS
 from gradsweep.store import FAILURE_FILE, RunSet, read_sweep
-from gradsweep.summary import SUMMARY_COLUMNS, scan, summarize, summary_table
+from gradsweep.summary import METRIC_COLUMNS, SUMMARY_COLUMNS, scan, summarize, summary_table
 
 SMOKE = [
     "act=sigmoid,tanh,relu",
@@ -40,6 +41,11 @@ def report(smoke_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
     return build_report([smoke_sweep], tmp_path_factory.mktemp("report"))
 
 
+@pytest.fixture(scope="session")
+def three_axis_report(three_axis_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
+    return build_report([three_axis_sweep], tmp_path_factory.mktemp("three_axis_report"))
+
+
 def test_report_writes_every_output(report) -> None:
     names = {p.name for p in report.out_dir.iterdir()}
     assert {"sweep.parquet", "summary.csv", "summary.md", "index.html"} <= names
@@ -56,6 +62,48 @@ def test_report_writes_every_output(report) -> None:
     assert set(report.skipped) == {"devices", "phase_diagram", "batchnorm_depth", "glorot_fig8"}
     assert report.skipped["devices"] == "not both CPU and CUDA runs present"
     assert not report.problems
+    for files in report.figures.values():
+        assert all(path.exists() and path.parent == report.out_dir for path in files.paths)
+
+
+@pytest.mark.parametrize(
+    ("which", "swept"),
+    [
+        ("three_axis_report", ["act", "depth", "batchnorm"]),
+        ("report", ["act", "depth", "batchnorm", "clip"]),
+    ],
+)
+def test_no_drawn_number_pools_a_swept_axis(request, which: str, swept: list[str]) -> None:
+    """Every number any figure drew comes from the seeds of one configuration."""
+    report = request.getfixturevalue(which)
+    configs = report.summary[swept].drop_duplicates()
+    assert len(configs) == report.summary["run_key"].nunique()
+    for name, files in report.figures.items():
+        for record in files.records:
+            data = record.data
+            assert (data["configs"] == 1).all(), f"{name} {record.page.title}: pools configurations"
+            assert data["seeds"].between(1, 2).all(), name
+            if name not in ("phase_diagram", "glorot_fig8", "batchnorm_depth", "bulk_error"):
+                missing = set(swept) - set(data.columns) - set(record.page.values)
+                assert not missing, f"{name} drew without keys for {missing}"
+
+
+def test_captions_say_what_is_pooled_and_how_figures_are_split(report) -> None:
+    """Captions come from the data: 2 replicas pooled; clip, the fourth axis, gets a file each."""
+    histograms = report.figures["histograms"]
+    assert [p.name for p in histograms.paths] == [
+        "histograms--clip-1.png",
+        "histograms--clip-off.png",
+    ]
+    assert histograms.titles == ["clip = 1", "clip off"]
+    assert histograms.note == (
+        "histograms: counts summed over 2 seeds. One file per value of clip (2 files)."
+    )
+    assert report.figures["layer_profile"].note == (
+        "lines: median over 2 seeds; bands min to max. One file per value of clip (2 files)."
+    )
+    html = (report.out_dir / "index.html").read_text()
+    assert "Cells: median over 2 seeds." in html and "over axes not shown" not in html
 
 
 def test_sweep_parquet_holds_every_row(report, smoke_sweep: Path) -> None:
@@ -69,7 +117,7 @@ def test_summary_matches_run_files(report, smoke_sweep: Path) -> None:
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
     assert len(summary) == 24 * 2
     csv = pd.read_csv(report.out_dir / "summary.csv")
-    assert len(csv) == len(summary)
+    assert len(csv) == len(summary) and list(csv.columns) == list(SUMMARY_COLUMNS)
     for path in smoke_sweep.glob("*/grad_stats.parquet"):
         raw = pd.read_parquet(path)
         for replica, rows in raw.groupby("replica"):
@@ -134,11 +182,27 @@ def test_footer_summaries_keep_every_digit_of_tiny_ratios(tmp_path: Path) -> Non
 def test_html_embeds_every_figure(report) -> None:
     html = (report.out_dir / "index.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == len(report.figures)
+    assert len(images) == sum(len(files.paths) for files in report.figures.values())
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'src="http' not in html and "<script" not in html
     assert "weight_ratio" in html and "Not drawn: not both CPU and CUDA runs present" in html
+
+
+def test_html_summary_shows_swept_axes_and_metrics_and_the_rest_once(report) -> None:
+    html = (report.out_dir / "index.html").read_text()
+    table = re.search(r"<table class='summary'>(.*?)</table>", html, re.S).group(1)
+    header = [h.replace("<wbr>", "") for h in re.findall(r"<th>(.*?)</th>", table)]
+    metrics = [c for c in METRIC_COLUMNS if c != "replica"]
+    assert header == ["act", "depth", "batchnorm", "clip", "seed", *metrics]
+    same = re.search(r"<p class='same'>Same in every run: (.*?)\.</p>", html).group(1)
+    constant = [c for c in CONFIG_COLUMNS if c not in header]
+    assert [part.split(" ")[0] for part in same.split(", ")] == constant
+    assert "width = 20" in same and "output_act on" in same and "steps = 2" in same
+    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    assert len(rows) == len(report.summary)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[0])
+    assert cells[:5] == ["relu", "3", "off", "1", "42"]
 
 
 def test_markdown_summary_has_a_row_per_run(report) -> None:
@@ -148,7 +212,7 @@ def test_markdown_summary_has_a_row_per_run(report) -> None:
 
 @pytest.fixture
 def damaged(smoke_sweep: Path, tmp_path: Path) -> Path:
-    """A copy of three runs: one refused (schema version 99), one truncated, one failed; plus the rest intact."""
+    """A copy of five runs: one refused (schema version 99), one truncated, one failed, 2 intact."""
     runs = sorted(smoke_sweep.glob("*/grad_stats.parquet"))[:5]
     for run in runs:
         shutil.copytree(run.parent, tmp_path / run.parent.name)
@@ -200,7 +264,7 @@ def test_console_script_runs(smoke_sweep: Path, tmp_path: Path) -> None:
 def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(
     smoke_sweep: Path, tmp_path: Path
 ) -> None:
-    """A run file relabelled as measured on CUDA (no GPU here) next to its CPU original draws figure (g)."""
+    """A run file relabelled as measured on CUDA next to its CPU original draws figure (g)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import yaml
@@ -228,6 +292,5 @@ def test_cpu_and_cuda_runs_of_one_configuration_get_the_device_figure(
     target.parent.mkdir()
     pq.write_table(table.replace_schema_metadata(meta), target)
     report = build_report([src.parent, target.parent], tmp_path / "report")
-    assert "devices" in report.figures and report.figures["devices"].read_bytes().startswith(
-        b"\x89PNG"
-    )
+    assert "devices" in report.figures
+    assert report.figures["devices"].paths[0].read_bytes().startswith(b"\x89PNG")
