@@ -1,4 +1,4 @@
-"""Report at scale: build the report for 1,000 runs and summarise 10,000 run files; wall time and peak RSS.
+"""Report at scale: the report of 1,000 runs and the summary of 10,000 run files; time and peak RSS.
 
 Every run file is real data: one small real sweep runs with many replicas, and
 each replica of each run is written as its own one-replica run file (replica 0,
@@ -49,7 +49,7 @@ def base_sweep(cache: Path, replicas: int) -> Path:
 
 
 def split_replicas(base: Path, out: Path, n_runs: int) -> Path:
-    """Write the first replicas of every base run, each as its own run file, until `n_runs` files exist.
+    """Write each base run's first replicas, each as its own run file, until `n_runs` files exist.
 
     Each file is what `seed=seed+r replicas=1` would have written: replica 0,
     its own seed in the data and in the footer's config, that config's run key,
@@ -110,7 +110,8 @@ MEASURE = {
     ),
     "baseline_dataset_all": (
         "import glob, pyarrow.dataset as ds\n"
-        "ds.dataset(glob.glob({src!r} + '/*/grad_stats.parquet'), format='parquet').to_table().to_pandas()"
+        "ds.dataset(glob.glob({src!r} + '/*/grad_stats.parquet'), format='parquet')"
+        ".to_table().to_pandas()"
     ),
 }
 
@@ -160,7 +161,8 @@ def main() -> None:
     runs_10k = split_replicas(base, args.cache / "split-10000", 10_000)
     rows = pq.ParquetDataset(str(runs_1k)).read(columns=["step"]).num_rows / 1_000
     print(
-        f"run files ready in {time.perf_counter() - start:.0f} s ({rows:.0f} rows per file on average)"
+        f"run files ready in {time.perf_counter() - start:.0f} s "
+        f"({rows:.0f} rows per file on average)"
     )
     plan = [("report", runs_1k, 1_000), ("summary", runs_10k, 10_000)]
     if args.baselines:
@@ -171,7 +173,8 @@ def main() -> None:
     for kind, src, n in plan:
         result = measure(kind, src, args.cache / "report", args.repeats)
         print(
-            f"{kind:<22} {n:>6} files  {result['seconds']:>6.2f} s  peak RSS {result['peak_rss_mb']:>5} MB"
+            f"{kind:<22} {n:>6} files  {result['seconds']:>6.2f} s  "
+            f"peak RSS {result['peak_rss_mb']:>5} MB"
         )
 
 

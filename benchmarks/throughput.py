@@ -1,6 +1,6 @@
 """Sweep throughput: 200 runs of the exercise's network, by launcher and as replica groups.
 
-    python benchmarks/throughput.py            # 200 runs, 100 steps each, every statistic every step
+    python benchmarks/throughput.py    # 200 runs, 100 steps each, every statistic every step
     python benchmarks/throughput.py --seeds 10 # a quick look (10 seeds x 4 init scales)
 
 The 200 configurations are 50 seeds x 4 init scales of the exercise's network
@@ -54,7 +54,7 @@ def run_seconds(cfg: dict, repeats: int) -> float:
 
 
 def main() -> None:
-    """Print runs per second and per-run overhead for each mode, then the replicas=64 / replicas=1 ratio."""
+    """Print runs per second and per-run overhead per mode, then replicas=64 against replicas=1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--seeds", type=int, default=50, help="seeds per init scale (4 init scales)"
@@ -80,8 +80,10 @@ def main() -> None:
         ],
     }
     print(
-        f"{n_runs} runs ({args.seeds} seeds x init_scale {','.join(INIT_SCALES)}), exercise network, "
-        f"{args.steps} steps, every statistic every step; one run in-process: {one_run * 1e3:.1f} ms"
+        f"{n_runs} runs ({args.seeds} seeds x init_scale {','.join(INIT_SCALES)}), "
+        "exercise network, "
+        f"{args.steps} steps, every statistic every step; "
+        f"one run in-process: {one_run * 1e3:.1f} ms"
     )
     print(f"{'mode':<28} {'wall s':>8} {'runs/s':>8} {'overhead ms/run':>16} {'vs basic':>9}")
     basic = None
@@ -91,14 +93,16 @@ def main() -> None:
             basic = basic or seconds
             overhead = seconds / n_runs - one_run
             print(
-                f"{name:<28} {seconds:8.1f} {n_runs / seconds:8.1f} {overhead * 1e3:16.1f} {basic / seconds:8.1f}x"
+                f"{name:<28} {seconds:8.1f} {n_runs / seconds:8.1f} "
+                f"{overhead * 1e3:16.1f} {basic / seconds:8.1f}x"
             )
     for label, log_every in (("every step logged", 1), ("first/last step logged", args.steps)):
         cfg = {"steps": args.steps, "log_every": log_every}
         t1 = run_seconds({**cfg, "replicas": 1}, args.repeats)
         t64 = run_seconds({**cfg, "replicas": 64}, args.repeats)
         print(
-            f"replicas=64 / replicas=1, {label}: {t64 * 1e3:.0f} ms / {t1 * 1e3:.0f} ms = {t64 / t1:.1f}x"
+            f"replicas=64 / replicas=1, {label}: "
+            f"{t64 * 1e3:.0f} ms / {t1 * 1e3:.0f} ms = {t64 / t1:.1f}x"
         )
 
 

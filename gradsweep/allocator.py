@@ -2,8 +2,8 @@
 
 With glibc's defaults a freed multi-megabyte tensor goes back to the kernel
 and the next step's allocation of the same size is mapped and zero-filled
-again: at width 1024 x depth 20 that costs a bare CPU step ~19 ms of its
-~52 ms. Raising the mmap threshold to its maximum (32 MiB) and turning off
+again, which costs a large network's bare CPU step a third of its time
+(docs/performance.md). Raising the mmap threshold to its maximum (32 MiB) and turning off
 heap trimming makes such tensors come from memory the process already holds.
 """
 
@@ -19,7 +19,7 @@ _MMAP_THRESHOLD_MAX = 32 << 20
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Tune glibc malloc for this process, once; False (and nothing changed) where there is no glibc."""
+    """Tune glibc malloc for this process, once; False (nothing changed) where there is no glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the symbols the process already has: libc's, on Linux
     except (

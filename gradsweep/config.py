@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, get_type_hints
@@ -131,10 +131,15 @@ class ConfigValueError(ValueError):
     """A configuration value outside its valid range; the message names key, value and range."""
 
 
+def choice_error(key: str, value: Any, choices: Sequence[str]) -> ValueError:
+    """The one-line error for a bad value of a choice-valued key, listing the valid choices."""
+    return ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
 def check_choice(key: str, value: Any) -> None:
     """Raise a ValueError naming the bad value of a choice-valued key and its valid choices."""
     if value not in CHOICES[key]:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(CHOICES[key])}")
+        raise choice_error(key, value, CHOICES[key])
 
 
 def _plain(value: Any) -> Any:

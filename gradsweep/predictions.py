@@ -22,12 +22,14 @@ import pandas as pd
 
 from gradsweep import theory
 
-PRED_COLUMNS: tuple[str, ...] = ("pred_preact_factor", "pred_preact_norm")
 MIN_BN_BATCH = 4  # the finite-batch BatchNorm rate needs E[1/chi^2_{B-1}] < inf
 
 
 def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarray:
-    """Predicted per-layer preact factors (length depth - 1) of a run's network at `init_scale`; NaN where undefined."""
+    """Predicted preact factors (depth - 1 of them) of a run's network at `init_scale`.
+
+    NaN where the theory has no finite prediction.
+    """
     depth = int(values["depth"])
     if values["batchnorm"] and values["batch_size"] < MIN_BN_BATCH:
         return np.full(max(depth - 1, 0), np.nan)
@@ -47,7 +49,7 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
 
 
 def attach_predictions(frame: pd.DataFrame, values: Mapping[str, Any]) -> pd.DataFrame:
-    """Add PRED_COLUMNS to a run's tidy rows, each replica at the init_scale its rows carry."""
+    """Add the prediction columns to a run's rows, each replica at the init_scale its rows carry."""
     depth = int(values["depth"])
     scales = frame.groupby("replica")["init_scale"].first().sort_index().tolist()
     replicas = len(scales)

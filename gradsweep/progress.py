@@ -12,7 +12,7 @@ REDRAW_SECONDS = 0.1
 
 
 class ProgressBar:
-    """A one-line bar on a terminal, redrawn at most every REDRAW_SECONDS; silent when not a terminal."""
+    """A one-line bar on a terminal, redrawn at most every REDRAW_SECONDS; silent elsewhere."""
 
     def __init__(self, total: int, label: str = "", stream: TextIO | None = None) -> None:
         self.total = max(total, 1)

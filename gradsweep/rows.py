@@ -17,6 +17,7 @@ import pandas as pd
 from gradsweep.bins import N_HIST_BINS
 from gradsweep.predictions import attach_predictions
 from gradsweep.probe.layout import PackedLayout, S
+from gradsweep.schema import CONFIG_KEYS
 
 # One record a logged step: (step, whether it has a histogram, its packed host copy).
 Record = tuple[int, bool, np.ndarray]
@@ -81,31 +82,17 @@ def tidy_rows(
     v = values
     seeds, scales = (np.array(column) for column in zip(*inits))
     per_replica = lambda a: np.broadcast_to(a[None, :, None], shape).reshape(-1)  # noqa: E731
+    n_rows = n_steps * k * n_t
+    special = {  # configuration columns that are not one plain value per run
+        "init_scale": per_replica(scales.astype(np.float64)),
+        "clip": pd.arrays.FloatingArray(
+            np.full(n_rows, v["clip"] or 0.0), np.full(n_rows, v["clip"] is None)
+        ),
+    }
     frame = pd.DataFrame(
         {
             "run_key": key,
-            **{name: v[name] for name in ("act", "depth", "width", "init")},
-            "init_scale": per_replica(scales.astype(np.float64)),
-            **{
-                name: v[name]
-                for name in (
-                    "bias_init",
-                    "batchnorm",
-                    "output_act",
-                    "device",
-                    "dtype",
-                    "optimizer",
-                    "lr",
-                    "batch_size",
-                    "data_seed",
-                    "steps",
-                )
-            },
-            "loss_name": v["loss"],
-            "clip": pd.arrays.FloatingArray(
-                np.full(n_steps * k * n_t, v["clip"] or 0.0),
-                np.full(n_steps * k * n_t, v["clip"] is None),
-            ),
+            **{name: special.get(name, v[item]) for name, item in CONFIG_KEYS.items()},
             "seed": per_replica(seeds),
             "replica": per_replica(np.arange(k)),
             "step": np.broadcast_to(steps[:, None, None], shape).reshape(-1),

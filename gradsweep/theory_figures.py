@@ -32,7 +32,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from gradsweep import facets, theory  # noqa: E402
 from gradsweep.drawn import Pooling, pool, record, save_figures  # noqa: E402
 from gradsweep.labels import axis_value, configuration_text, readable, value_text  # noqa: E402
-from gradsweep.predictions import PRED_COLUMNS  # noqa: E402
+from gradsweep.schema import PRED_COLUMNS  # noqa: E402
 from gradsweep.store import RunSet  # noqa: E402
 
 PLAIN_SKIP = (1, 1)

@@ -16,7 +16,7 @@ def test_glibc_accepts_the_settings_once_per_process() -> None:
 
 
 def test_a_freed_large_block_is_reused_instead_of_mapped_again() -> None:
-    """After the call, freeing and reallocating 8 MiB leaves the heap top in place (no munmap/mmap round trip)."""
+    """After the call, freeing and reallocating 8 MiB keeps the heap top (no munmap/mmap)."""
     script = """
 import ctypes, sys
 from gradsweep.allocator import keep_freed_memory

@@ -1,4 +1,4 @@
-"""The prediction columns every run file carries: where they are null, how they are anchored, per replica."""
+"""The prediction columns of every run file: where they are null, how they are anchored."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from gradsweep import theory
 from gradsweep.experiment import GradientFlowRun
 from gradsweep.groups import ReplicaGroupRun
-from gradsweep.predictions import PRED_COLUMNS
+from gradsweep.schema import PRED_COLUMNS
 from gradsweep.store import write_run
 
 BASE = dict(

@@ -16,9 +16,9 @@ factor, relative): identity 0.65%, ReLU 0.71%, tanh 0.30 to 0.67%, ReLU + BN
 0.065% at batch 256 and 0.23% at batch 32; the mean of 5 replicas has
 1/sqrt(5) of that, so the 1.5% and 1% tolerances are 5 or more standard
 deviations. Measured errors of the mean: identity -0.11%, ReLU -0.01%, tanh
--0.06 to +0.06%, ReLU + BN -0.37% (batch 256) and +0.06% (batch 32). Runs are cached per module, so tests sharing a configuration
-share its run. Only the 0.1% BatchNorm tier (40 replicas at depth 50, about
-a minute) is marked slow; the rest runs in about 20 s.
+-0.06 to +0.06%, ReLU + BN -0.37% (batch 256) and +0.06% (batch 32).
+Runs are cached per module, so tests sharing a configuration share its run.
+Only the 0.1% BatchNorm tier (40 replicas at depth 50) is marked slow.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ def test_relu_factor_is_sqrt_of_half_sigma_w2(sw2: float) -> None:
 
 @pytest.mark.parametrize("sw2", [0.5, 1.0, 2.0])
 def test_tanh_factor_matches_layer_resolved_prediction(sw2: float) -> None:
-    """tanh: sqrt(chi_1^(l)) along the length map q^l (the fixed-point chi_1 is off by several % at depth 20)."""
+    """tanh: sqrt(chi_1^(l)) along the length map q^l.
+
+    The fixed-point chi_1 is off by several % at depth 20.
+    """
     rows = _run("tanh", sw2)
     predicted = theory.bulk_factor(
         theory.predict_preact_factors(
@@ -119,7 +122,7 @@ def test_tanh_factor_matches_layer_resolved_prediction(sw2: float) -> None:
 
 @pytest.mark.parametrize("batch, sw2", [(256, 0.5), (256, 2.0), (256, 8.0), (32, 2.0)])
 def test_relu_batchnorm_factor_is_sqrt_of_finite_batch_rate(batch: int, sw2: float) -> None:
-    """ReLU + BatchNorm: within 1% of sqrt of Yang et al.'s rate at that batch size, whatever sigma_w is."""
+    """ReLU + BatchNorm: within 1% of sqrt of Yang et al.'s rate at that batch, whatever sigma_w."""
     rows = _run("relu", sw2, batchnorm=True, batch=batch)
     expected = math.sqrt(theory.relu_batchnorm_rate(batch))
     assert _predicted_bulk(rows, BN_SKIP) == pytest.approx(expected, rel=1e-9)
@@ -127,7 +130,7 @@ def test_relu_batchnorm_factor_is_sqrt_of_finite_batch_rate(batch: int, sw2: flo
 
 
 def test_relu_batchnorm_factor_does_not_depend_on_sigma_w() -> None:
-    """The BatchNorm rate is the same to 0.1% for sigma_w^2 = 0.5, 2 and 8 (same seeds, batch 256)."""
+    """The BatchNorm rate is the same to 0.1% for sigma_w^2 = 0.5, 2 and 8 (batch 256)."""
     means = [
         _bulks(_run("relu", sw2, batchnorm=True), "preact", BN_SKIP).mean()
         for sw2 in (0.5, 2.0, 8.0)
@@ -138,7 +141,7 @@ def test_relu_batchnorm_factor_does_not_depend_on_sigma_w() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sw2, seed", [(0.5, 0), (2.0, 1000), (8.0, 2000)])
 def test_relu_batchnorm_factor_to_a_tenth_of_a_percent(sw2: float, seed: int) -> None:
-    """ReLU + BatchNorm within 0.1% of sqrt of the rate: batch 32, depth 50, 40 seeds, not the default setting.
+    """ReLU + BatchNorm within 0.1% of sqrt of the rate: batch 32, depth 50, 40 seeds.
 
     At batch 256 and width 512 the measured factor sits 0.4% below the
     mean-field rate (a finite-width bias of order batch / width), so 0.1% is out
@@ -154,7 +157,9 @@ def test_relu_batchnorm_factor_to_a_tenth_of_a_percent(sw2: float, seed: int) ->
 
 
 def test_tanh_preact_gradient_shrinks_while_weight_gradient_does_not() -> None:
-    """Glorot & Bengio (2010) Fig. 8: at sigma_w^2 = 0.5, dL/dz shrinks toward the input, dL/dW stays level."""
+    """Glorot & Bengio (2010) Fig. 8: at sigma_w^2 = 0.5 dL/dz shrinks toward the input,
+    dL/dW stays level.
+    """
     rows = _run("tanh", 0.5)
     assert _bulks(rows, "preact", PLAIN_SKIP).mean() < 0.72
     assert _bulks(rows, "weight", PLAIN_SKIP).mean() == pytest.approx(1.0, abs=0.03)

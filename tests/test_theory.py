@@ -235,7 +235,7 @@ def test_bulk_factor_is_interior_geometric_mean() -> None:
 def _measured_factors(
     act: str, depth: int, width: int, batch: int, sw2: float, batchnorm: bool, seed: int
 ):
-    """Per-layer |dL/dz_l| / |dL/dz_{l+1}| of a plain-torch float64 MLP (fan_in init, default bias)."""
+    """Per-layer |dL/dz_l| / |dL/dz_{l+1}| of a plain-torch float64 MLP (fan_in, default bias)."""
     g = torch.Generator().manual_seed(seed)
     phi = {"tanh": torch.tanh, "relu": torch.relu}[act]
     dims = [10] + [width] * (depth - 1) + [1]

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
+from gradsweep.config import choice_error
+
 E = TypeVar("E", bound=Enum)
 
 
@@ -19,8 +21,7 @@ def choice(enum: type[E], key: str, value: Any) -> E:
     try:
         return enum(value)
     except ValueError:
-        names = ", ".join(str(member.value) for member in enum)
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {names}") from None
+        raise choice_error(key, value, [str(member.value) for member in enum]) from None
 
 
 def check_covers(enum: type[Enum], table: Mapping[Any, Any], name: str) -> None:

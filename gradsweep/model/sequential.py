@@ -41,7 +41,7 @@ def build_mlp(
     )
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
-            # the CPU generator only: torch.manual_seed also queues GPU seeding, ~1 ms a call
+            # the CPU generator only: torch.manual_seed also queues a costly GPU seeding
             torch.default_generator.manual_seed(seed)
         modules = [part.build(init_linear) for layer in plan for part in layer.parts]
     return nn.Sequential(*modules)
