@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 Array = np.ndarray
 ActFn = Callable[[Array], Array]
@@ -51,8 +50,10 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _erf(x: Array) -> Array:
-    """Elementwise erf (numpy has none; torch's is exact to double precision)."""
-    return torch.special.erf(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+    """Elementwise erf through math.erf (numpy has none), so that theory needs no torch."""
+    arr = np.asarray(x, dtype=np.float64)
+    values = np.fromiter(map(math.erf, arr.ravel().tolist()), np.float64, arr.size)
+    return values.reshape(arr.shape)
 
 
 def _sigmoid(x: Array) -> Array:
