@@ -34,7 +34,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradsweep.config import ConfigValueError, validate
-from gradsweep.groups import (
+from gradsweep.group_plan import (
     GROUP_ENV,
     POSITION_ENV,
     JobPlan,
