@@ -117,7 +117,7 @@ def failure_text(run: PlannedRun, error_traceback: str) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://gradsweep.conf", config_name="config")
 def main(cfg: DictConfig) -> list[str]:
     """Hydra task: one run, or one replica group of a sweep. Failures are written to each run dir, then raised."""
     keep_freed_memory()
