@@ -86,7 +86,8 @@ def test_basic_sweeper_is_a_sweeper_built_from_max_batch_size_and_params(interna
     basic = internals.BasicSweeper
     assert issubclass(basic, Sweeper), changed(api, "it is no longer a Sweeper")
     require_params(basic.__init__, ["self", "max_batch_size", "params"], f"{api}.__init__")
-    require_params(basic.setup, ["self", "hydra_context", "task_function", "config"], api)
+    setup_params = ["self", "hydra_context", "task_function", "config"]
+    require_params(basic.setup, setup_params, f"{api}.setup")
     sweeper = basic(max_batch_size=None, params=None)
     for name in ("hydra_context", "config", "launcher", "max_batch_size"):
         require(sweeper, name, f"{api}.{name}")
