@@ -17,15 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from gradsweep.allocator import keep_freed_memory
 from gradsweep.config import ConfigValueError, register_configs, run_key, run_values
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
-from gradsweep.groups import (
+from gradsweep.group_plan import (
     GROUP_ENV,
     POSITION_ENV,
-    ReplicaGroupRun,
     decode_members,
     member_config,
-    member_dir,
     member_overrides,
 )
+from gradsweep.groups import ReplicaGroupRun, member_dir
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
 from gradsweep.summary import footer_metrics
@@ -118,7 +117,7 @@ def failure_text(run: PlannedRun, error_traceback: str) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://gradsweep.conf", config_name="config")
 def main(cfg: DictConfig) -> list[str]:
     """Hydra task: one run, or one replica group of a sweep. Failures are written to each run dir, then raised."""
     keep_freed_memory()

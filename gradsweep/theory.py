@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from gradsweep.config import CHOICES, check_choice
 
@@ -38,8 +37,10 @@ _Q_HUGE = 1e300  # stands in for q = inf (no finite fixed point)
 
 
 def _erf(x: Array) -> Array:
-    """Elementwise erf (numpy has none; torch's is exact to double precision)."""
-    return torch.special.erf(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+    """Elementwise erf through math.erf (numpy has none), so that theory needs no torch."""
+    arr = np.asarray(x, dtype=np.float64)
+    values = np.fromiter(map(math.erf, arr.ravel().tolist()), np.float64, arr.size)
+    return values.reshape(arr.shape)
 
 
 def _sigmoid(x: Array) -> Array:

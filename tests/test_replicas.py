@@ -10,7 +10,8 @@ from test_sweeps import assert_stats_close
 
 from gradsweep.config import AppConfig, run_key
 from gradsweep.experiment import GradientFlowRun
-from gradsweep.groups import JobPlan, ReplicaGroupRun, member_config, member_overrides, plan_groups
+from gradsweep.group_plan import JobPlan, member_config, member_overrides, plan_groups
+from gradsweep.groups import ReplicaGroupRun
 from gradsweep.progress import ProgressBar, parse_position, run_line
 
 CASES = [

@@ -1,55 +1,23 @@
-"""gradsweep's Hydra sweeper plugin (Hydra loads plugins only from `hydra_plugins`).
+"""Registers gradsweep's sweeper with Hydra as `hydra/sweeper=gradsweep`.
 
-A basic sweeper that
-- checks every job's values before the first job starts: Hydra already
-  rejects unknown keys and bad choices while composing each job; this adds
-  the numeric ranges of `gradsweep.config.validate`, so that `depth=5,0`
-  fails at once instead of after the first run. Composition is Hydra's main
-  per-job cost, so jobs that differ only in plain `key=value` overrides share
-  one composed config, and their values are applied to a typed copy of its
-  app part by Hydra's own override code, which raises the errors composition
-  would (unknown key, wrong type, bad choice);
-- optionally packs configurations that differ only in seed / init_scale into
-  replica groups (`hydra.sweeper.group_size`), one stacked job per group that
-  still writes one run dir and parquet file per configuration;
-- tells each job its position in the sweep, so it can print index/total;
-- runs every job even when some fail, then lists the failures and exits
-  non-zero (BasicSweeper stops at the first failed job of a batch).
+Hydra imports every module under `hydra_plugins` while it discovers plugins, in
+every Hydra app of the environment, and it instantiates plugin classes only
+from this package. So this module holds just the class Hydra instantiates and
+its config node; the sweeper itself, `gradsweep.sweeper.GradsweepSweeper`, is
+imported when a gradsweep sweep starts.
 """
 
-import copy
-import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType, ValueType
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf, open_dict
-
-from gradsweep.config import ConfigValueError, validate
-from gradsweep.groups import (
-    GROUP_ENV,
-    POSITION_ENV,
-    JobPlan,
-    encode_members,
-    member_config,
-    plan_groups,
-)
-
-log = logging.getLogger(__name__)
-
-RUN_DIRNAME_SUBDIR = "${run_dirname:}"
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
-class ValidatingSweeper(BasicSweeper):
-    """BasicSweeper with range checks, replica groups, sweep positions and failure isolation."""
+class ValidatingSweeper(Sweeper):
+    """The plugin Hydra instantiates; every call goes to `gradsweep.sweeper.GradsweepSweeper`."""
 
     def __init__(
         self,
@@ -57,141 +25,19 @@ class ValidatingSweeper(BasicSweeper):
         params: Optional[Dict[str, str]] = None,
         group_size: int = 1,
     ) -> None:
-        super().__init__(max_batch_size=max_batch_size, params=params)
-        if group_size < 1:
-            raise ValueError(
-                f"hydra.sweeper.group_size={group_size} is invalid: it must be an integer >= 1"
-            )
-        self.group_size = group_size
-        self.plans: List[JobPlan] = []
-        self._members: Dict[tuple, List[List[str]]] = {}
-        self._composed: Dict[tuple, DictConfig] = {}
+        from gradsweep.sweeper import GradsweepSweeper
 
-    def _is_plain_value(self, override: Override) -> bool:
-        """`key=value` on the app config: no config group, no hydra key, no +/~, no sweep."""
-        assert self.hydra_context is not None
-        repository = self.hydra_context.config_loader.repository  # type: ignore[attr-defined]
-        return (
-            override.type == OverrideType.CHANGE
-            and override.value_type == ValueType.ELEMENT
-            and override.package is None
-            and not override.is_hydra_override()
-            and not repository.group_exists(override.key_or_group)
+        self.sweeper = GradsweepSweeper(
+            max_batch_size=max_batch_size, params=params, group_size=group_size
         )
 
-    def _job_config(self, overrides: Sequence[str]) -> DictConfig:
-        """The app config (no `hydra` node) of one job, composing only for a new set of structural overrides."""
-        assert self.hydra_context is not None and self.config is not None
-        loader = self.hydra_context.config_loader
-        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
-        plain = [self._is_plain_value(o) for o in parsed]
-        values = [o for o, is_plain in zip(parsed, plain) if is_plain]
-        # hydra.job.env_set.* (each job's position and group) cannot change the app config
-        structural = tuple(
-            o.input_line
-            for o, is_plain in zip(parsed, plain)
-            if not is_plain and not o.key_or_group.startswith("hydra.job.env_set.")
-        )
-        if structural not in self._composed:
-            app = loader.load_sweep_config(
-                master_config=self.config, sweep_overrides=list(structural)
-            )
-            with open_dict(app):
-                del app["hydra"]
-            self._composed[structural] = app
-        job_cfg = copy.deepcopy(self._composed[structural])
-        ConfigLoaderImpl._apply_overrides_to_config(values, job_cfg)
-        return job_cfg
-
-    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Range-check each job and every replica-group member it carries, before any job runs."""
-        for overrides in batch:
-            job_cfg = self._job_config(overrides)
-            members = self._members.get(tuple(overrides), [])
-            for cfg, member in [(job_cfg, None)] + [
-                (member_config(job_cfg, m), m) for m in members
-            ]:
-                try:
-                    validate(cfg)
-                except ConfigValueError as err:
-                    where = " ".join(overrides if member is None else member)
-                    raise ConfigCompositionException(f"{err} (job overrides: {where})") from None
-
-    def _plan(self, arguments: List[str]) -> List[List[str]]:
-        """Expand the sweep, pack replica groups, and add each job's position (and group) for the task."""
-        assert self.hydra_context is not None and self.config is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
-        if self.group_size > 1:
-            subdir = OmegaConf.to_container(self.config.hydra.sweep)["subdir"]
-            if subdir != RUN_DIRNAME_SUBDIR:
-                raise ConfigCompositionException(
-                    f"hydra.sweeper.group_size>1 needs hydra.sweep.subdir={RUN_DIRNAME_SUBDIR} (got {subdir!r}): "
-                    "group members are written to the run dirs their own jobs would use"
-                )
-        self.plans = plan_groups(jobs, self.group_size)
-        total = sum(plan.n_runs for plan in self.plans)
-        position = 1
-        launched = []
-        for plan in self.plans:
-            job = plan.overrides + [f"hydra.job.env_set.{POSITION_ENV}={position}/{total}"]
-            if plan.members:
-                job.append(f"hydra.job.env_set.{GROUP_ENV}='{encode_members(plan.members)}'")
-            self._members[tuple(job)] = plan.members
-            launched.append(job)
-            position += plan.n_runs
-        return launched
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        """Validate all jobs, launch them batch by batch, then report; exit non-zero if any job failed."""
-        assert self.config is not None and self.launcher is not None
-        launched = self._plan(arguments)
-        self.overrides = list(self.split_overrides_to_chunks(launched, self.max_batch_size))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        for batch in self.overrides:
-            self.validate_batch_is_legal(batch)
-        start = time.perf_counter()
-        returns: List[Sequence[JobReturn]] = []
-        initial_job_idx = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
-            initial_job_idx += len(batch)
-        self._report([r for results in returns for r in results], time.perf_counter() - start)
-        return returns
-
-    def _report(self, results: List[JobReturn], seconds: float) -> None:
-        """One summary line; for failures, one line each and a non-zero exit."""
-        counts: Dict[str, int] = {}
-        failed = []
-        for plan, result in zip(self.plans, results):
-            if result.status == JobStatus.COMPLETED:
-                for status in result.return_value:
-                    key = status.split(" ")[0]
-                    counts[key] = counts.get(key, 0) + 1
-            else:
-                counts["failed"] = counts.get("failed", 0) + plan.n_runs
-                failed.append(result)
-        total = sum(counts.values())
-        summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
-        log.info(f"gradsweep: {total} runs in {seconds:.1f}s: {summary}")
-        if not failed:
-            return
-        for result in failed:
-            run_dir = (
-                result.hydra_cfg.hydra.runtime.output_dir if result.hydra_cfg is not None else "?"
-            )
-            error = result._return_value
-            log.error(
-                f"failed: {' '.join(filter_overrides(result.overrides))}: {type(error).__name__}: {error} "
-                f"(traceback in {run_dir}/FAILED.txt)"
-            )
-        raise SystemExit(
-            f"gradsweep: {counts['failed']} of {total} runs failed; see FAILED.txt in their run dirs"
-        )
+        return self.sweeper.sweep(arguments)
 
 
 @dataclass
