@@ -91,6 +91,7 @@ running() {
 }
 
 start_munge() {
+    install -d -o munge -g munge -m 0700 "$(dirname "$MUNGE_KEY")"
     if [[ ! -s $MUNGE_KEY ]]; then
         mungekey --create --keyfile="$MUNGE_KEY" --force
     fi

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,13 +120,32 @@ def failed_return(
     )
 
 
-def launch(
-    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-) -> list[JobReturn]:
-    """Submit the batch as one Slurm array, wait for every job, return one JobReturn per job."""
-    from submitit.core.utils import pickle_load
+def _refusal(stderr: str) -> str:
+    """sbatch's reason in one line; for a bad partition, the cluster's partitions."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else "sbatch failed"
+    if "partition" in reason.lower():
+        try:
+            names = subprocess.run(
+                ["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=60
+            ).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            names = []
+        if names:
+            reason += f" (partitions: {', '.join(sorted(set(names)))})"
+    return reason
 
-    assert launcher.config is not None and launcher.hydra_context is not None
+
+def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Submit the batch as one Slurm array; one line, not a traceback, when Slurm refuses it."""
+    from submitit.core.utils import FailedJobError
+
+    missing = [tool for tool in ("sbatch", "srun", "squeue") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(
+            f"gradsweep: hydra/launcher=slurm needs Slurm's {', '.join(missing)} on PATH "
+            "(start the sweep on a machine that can submit jobs)"
+        )
     executor = make_executor(launcher.params)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
@@ -137,11 +158,27 @@ def launch(
         job_params.append(
             (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
         )
-    jobs = executor.map_array(launcher, *zip(*job_params))
+    try:
+        jobs = executor.map_array(launcher, *zip(*job_params))
+    except FailedJobError as err:
+        raise SystemExit(
+            f"gradsweep: Slurm refused the sweep's jobs: {_refusal(str(err))}"
+        ) from None
     log.info(
         f"Slurm job {jobs[0].job_id.split('_')[0]}: {len(jobs)} task(s), logs in "
         f"{jobs[0].paths.folder.parent}"
     )
+    return jobs
+
+
+def launch(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[JobReturn]:
+    """Submit the batch as one Slurm array, wait for every job, return one JobReturn per job."""
+    from submitit.core.utils import pickle_load
+
+    assert launcher.config is not None and launcher.hydra_context is not None
+    jobs = submit(launcher, job_overrides, initial_job_idx)
     ends = wait_for_jobs(
         jobs, SlurmStates(), silence_limit_s=60.0 * float(launcher.params["timeout_min"])
     )

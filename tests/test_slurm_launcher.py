@@ -79,6 +79,23 @@ def test_plugin_module_imports_neither_torch_nor_submitit_nor_pandas() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+def test_sweep_without_slurm_commands_stops_with_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradsweep", "-m", "act=sigmoid,relu", "hydra/launcher=slurm"],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "gradsweep: hydra/launcher=slurm needs Slurm's sbatch, srun, squeue on PATH "
+        "(start the sweep on a machine that can submit jobs)"
+    )
+
+
 def _cannot_start_slurm() -> str | None:
     if os.geteuid() != 0:
         return "starting slurmctld, slurmd and munged needs root"
@@ -175,3 +192,18 @@ def test_cancelled_array_fails_its_runs_and_a_rerun_completes_them_bit_for_bit(
     for name in every_run:
         path = Path(name) / "grad_stats.parquet"
         assert compare_file(basic / path, swept / path, set()) == [], name
+
+
+@pytest.mark.slow
+def test_refused_submission_names_the_partitions(slurm_partition: str, tmp_path: Path) -> None:
+    args = _slurm_sweep(slurm_partition, tmp_path / "sweep")
+    args[args.index(f"hydra.launcher.partition={slurm_partition}")] = (
+        "hydra.launcher.partition=nope"
+    )
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "gradsweep: Slurm refused the sweep's jobs: sbatch: error: invalid partition specified: "
+        f"nope (partitions: {slurm_partition})"
+    )
