@@ -3,14 +3,14 @@
 # for real (tests/test_slurm_launcher.py uses it). Needs root, apt and no systemd.
 #
 #   benchmarks/slurm_single_node.sh up       install (first time), configure, start; rerunnable
-#   benchmarks/slurm_single_node.sh down     stop the daemons, remove what `up` wrote
+#   benchmarks/slurm_single_node.sh down     stop the daemons; remove slurm.conf, state and logs
 #   benchmarks/slurm_single_node.sh status   daemons, partition and node state
 #
 # One partition (SLURM_PARTITION, default "debug") holding this host with its CPUs and memory as
 # `slurmd -C` reports them; proctrack/linuxproc and task/none (no cgroups); no accounting
 # storage, so `sacct` cannot answer: gradsweep's Slurm launcher then reads job states from
-# `squeue`. `up` prints the partition name as its last line. The packages stay installed after
-# `down` (apt-get purge slurmctld slurmd slurm-client munge removes them).
+# `squeue`. `up` prints the partition name as its last line. The packages and the munge key stay
+# after `down` (apt-get purge slurmctld slurmd slurm-client munge removes them).
 set -euo pipefail
 
 PARTITION=${SLURM_PARTITION:-debug}
