@@ -16,8 +16,8 @@ from hydra.core.utils import JobReturn
 try:
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-except ImportError:  # the launchers extra is not installed
-    SlurmLauncher = None
+except ImportError:  # the launchers extra is not installed: no gradsweep_slurm
+    pass
 else:
 
     class GradsweepSlurmLauncher(SlurmLauncher):
