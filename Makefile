@@ -12,7 +12,7 @@ SWEEP_DIR ?= outputs/sweeps/demo
 SWEEP_ARGS ?= act=sigmoid,tanh,relu depth=5,10,20 batchnorm=false,true output_act=false \
 	replicas=4 steps=100 log_every=5 loss=mse lr=0.05
 
-.PHONY: venv sweep test test-all bench clean
+.PHONY: venv sweep test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -27,10 +27,14 @@ sweep: $(STAMP)
 	$(BIN)/python -m gradsweep -m $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
 	$(BIN)/python -m gradsweep.report $(SWEEP_DIR) -o $(SWEEP_DIR)/report
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test-all: lint
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

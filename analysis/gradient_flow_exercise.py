@@ -61,7 +61,10 @@ def weight_gradients(network: nn.Sequential, clip: float | None = None) -> list[
 
 
 def run_file_norms(config: dict, column: str = "grad_norm") -> np.ndarray:
-    """Step-0 weight-gradient norms, output layer first, from the run file of `config` (written if absent)."""
+    """Step-0 weight-gradient norms, output layer first, from the run file of `config`.
+
+    The run file is written first if the sweep dir lacks it.
+    """
     full = {"depth": 5, "seed": SEED, "data_seed": DATA_SEED, "steps": 0, "replicas": 1, **config}
     runs = RunSet([SWEEP_DIR, EXTRA_DIR])
     match = runs.runs
@@ -166,7 +169,8 @@ batchnorm_network = build_mlp(act="sigmoid", depth=5, batchnorm=True, seed=SEED)
 batchnorm_gradients = weight_gradients(batchnorm_network)
 bn_norms = [g.norm().item() for g in batchnorm_gradients]
 print(
-    f"std of per-layer norms: without BN {np.std(sigmoid_norms):.4f}, with BN {np.std(bn_norms):.4f}"
+    f"std of per-layer norms: without BN {np.std(sigmoid_norms):.4f}, "
+    f"with BN {np.std(bn_norms):.4f}"
 )
 check(batchnorm_gradients, {"act": "sigmoid", "batchnorm": True, "clip": None})
 
@@ -184,7 +188,8 @@ gradient_stats = {
 gradient_histogram_data = flat.numpy()
 print(gradient_stats)
 print(
-    f"{(gradient_histogram_data == 0).mean():.1%} exact zeros (dead ReLU units); gradsweep bins: {len(HIST_BIN_LABELS)}"
+    f"{(gradient_histogram_data == 0).mean():.1%} exact zeros (dead ReLU units); "
+    f"gradsweep bins: {len(HIST_BIN_LABELS)}"
 )
 fig, ax = plt.subplots(figsize=(7, 3))
 nonzero = np.abs(gradient_histogram_data[gradient_histogram_data != 0])

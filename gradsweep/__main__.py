@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -15,17 +14,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.allocator import keep_freed_memory
-from gradsweep.config import ConfigValueError, register_configs, run_key, run_values
+from gradsweep.config import ConfigValueError, register_configs
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
-from gradsweep.group_plan import (
-    GROUP_ENV,
-    POSITION_ENV,
-    decode_members,
-    member_config,
-    member_overrides,
-)
-from gradsweep.groups import ReplicaGroupRun, member_dir
+from gradsweep.group_plan import GROUP_ENV, POSITION_ENV, decode_members
+from gradsweep.groups import ReplicaGroupRun
 from gradsweep.progress import ProgressBar, parse_position, run_line
+from gradsweep.run_plan import PlannedRun, plan_runs, write_failure
 from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
 from gradsweep.summary import footer_metrics
 
@@ -34,38 +28,8 @@ log = logging.getLogger("gradsweep")
 register_configs()
 
 
-@dataclass
-class PlannedRun:
-    """One configuration of a job: its config, run dir and task overrides."""
-
-    cfg: DictConfig
-    run_dir: Path
-    overrides: list[str]
-
-    @property
-    def stats_path(self) -> Path:
-        return self.run_dir / self.cfg.stats_file
-
-
-def plan_runs(
-    cfg: DictConfig, job_dir: Path, overrides: Sequence[str], members: Sequence[Sequence[str]] = ()
-) -> list[PlannedRun]:
-    """The job's own run, then one run per other replica-group member (sibling run dirs)."""
-    runs = [PlannedRun(cfg, job_dir, list(overrides))]
-    for member in members:
-        member_cfg = member_config(cfg, member)
-        runs.append(
-            PlannedRun(
-                member_cfg,
-                member_dir(job_dir, run_values(member_cfg)),
-                member_overrides(overrides, member),
-            )
-        )
-    return runs
-
-
 def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
-    """Clear what an interrupted or failed attempt left; give a group member its own .hydra record."""
+    """Clear what an earlier attempt left; give a group member its own .hydra record."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / FAILURE_FILE).unlink(missing_ok=True)
     for stale in run.run_dir.glob(f".{run.stats_path.name}.*.tmp"):
@@ -90,7 +54,10 @@ def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
 def execute_runs(
     runs: list[PlannedRun], progress: Callable[[int], None] | None = None
 ) -> list[tuple[str, float]]:
-    """Run a job's configurations (stacked when several) and write the incomplete ones; (status, seconds) each."""
+    """Run a job's configurations (stacked when several), write the incomplete ones.
+
+    Returns (status, seconds) of each run.
+    """
     pending = [i for i, run in enumerate(runs) if not is_complete(run.stats_path)]
     if not pending:
         return [("skipped (complete)", 0.0)] * len(runs)
@@ -108,18 +75,12 @@ def execute_runs(
     return outcomes
 
 
-def failure_text(run: PlannedRun, error_traceback: str) -> str:
-    """What FAILED.txt holds: status, error, configuration and the full traceback."""
-    error = error_traceback.strip().splitlines()[-1]
-    return (
-        f"status: failed\nerror: {error}\nrun_key: {run_key(run.cfg)}\n"
-        f"overrides: {' '.join(run.overrides)}\n\n{error_traceback}"
-    )
-
-
 @hydra.main(version_base="1.3", config_path="pkg://gradsweep.conf", config_name="config")
 def main(cfg: DictConfig) -> list[str]:
-    """Hydra task: one run, or one replica group of a sweep. Failures are written to each run dir, then raised."""
+    """Hydra task: one run, or one replica group of a sweep.
+
+    Failures are written to each run dir, then raised.
+    """
     keep_freed_memory()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -137,8 +98,7 @@ def main(cfg: DictConfig) -> list[str]:
     except Exception as err:
         tb = traceback.format_exc()
         for run in runs:
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            (run.run_dir / FAILURE_FILE).write_text(failure_text(run, tb))
+            write_failure(run, tb.strip().splitlines()[-1], tb)
         if not multirun and isinstance(err, (ConfigValueError, DeviceUnavailableError)):
             print(f"gradsweep: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None

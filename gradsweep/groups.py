@@ -13,16 +13,15 @@ difference).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from gradsweep.config import RUN_KEYS, run_dirname, run_key, run_values
+from gradsweep.config import RUN_KEYS, run_key, run_values
 from gradsweep.experiment import GradientFlowRun, RunResult
 from gradsweep.group_plan import GROUPABLE_KEYS
 
 
 class ReplicaGroupRun(GradientFlowRun):
-    """Several configurations differing only in seed / init_scale, stacked into one run and split after."""
+    """Configurations differing only in seed / init_scale, stacked into one run, split after."""
 
     def __init__(self, configs: Sequence[Any]) -> None:
         self.members = [run_values(c) for c in configs]
@@ -42,7 +41,7 @@ class ReplicaGroupRun(GradientFlowRun):
         ]
 
     def run_members(self, progress: Any = None) -> list[RunResult]:
-        """Train the stacked group once; return each member's result as its separate run would give it."""
+        """Train the stacked group once; return each member's result as its own run would."""
         whole = self.run(progress)
         k = self.members[0]["replicas"]
         results = []
@@ -61,8 +60,3 @@ class ReplicaGroupRun(GradientFlowRun):
                 )
             )
         return results
-
-
-def member_dir(job_dir: Path, values: dict[str, Any]) -> Path:
-    """A member's run dir: the sibling of the job's dir named by `run_dirname`."""
-    return job_dir.parent / run_dirname(values)

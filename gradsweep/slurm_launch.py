@@ -24,16 +24,10 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gradsweep.config import run_key, run_values
-from gradsweep.groups import (
-    GROUP_ENV,
-    decode_members,
-    member_config,
-    member_dir,
-    member_overrides,
-)
+from gradsweep.group_plan import GROUP_ENV, decode_members
+from gradsweep.run_plan import plan_runs, write_failure
 from gradsweep.slurm_jobs import SlurmStates, wait_for_jobs
-from gradsweep.store import FAILURE_FILE, is_complete
+from gradsweep.store import is_complete
 
 log = logging.getLogger(__name__)
 
@@ -69,37 +63,17 @@ def _job_config(launcher: Any, overrides: Sequence[str], job_num: int) -> DictCo
     return cfg
 
 
-def _runs(cfg: DictConfig, overrides: Sequence[str]) -> list[tuple[DictConfig, Path, list[str]]]:
-    """(config, run dir, overrides) of each run the job writes: its own, then its group members'."""
-    job_dir = Path(cfg.hydra.runtime.output_dir)
-    task_overrides = filter_overrides(overrides)
-    runs = [(cfg, job_dir, task_overrides)]
-    for member in decode_members(cfg.hydra.job.env_set.get(GROUP_ENV)):
-        member_cfg = member_config(cfg, member)
-        runs.append(
-            (
-                member_cfg,
-                member_dir(job_dir, run_values(member_cfg)),
-                member_overrides(task_overrides, member),
-            )
-        )
-    return runs
-
-
 def write_failures(cfg: DictConfig, overrides: Sequence[str], error: str, details: str) -> None:
     """FAILED.txt, as a failed run writes it, in each run dir of the job without a complete file."""
-    for run_cfg, run_dir, run_overrides in _runs(cfg, overrides):
-        if is_complete(run_dir / run_cfg.stats_file):
-            continue
-        text = (
-            f"status: failed\nerror: {error}\nrun_key: {run_key(run_cfg)}\n"
-            f"overrides: {' '.join(run_overrides)}\n\n{details}\n"
-        )
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / FAILURE_FILE).write_text(text)
-        except OSError as err:
-            log.warning(f"could not write {run_dir / FAILURE_FILE}: {err}")
+    runs = plan_runs(
+        cfg,
+        Path(cfg.hydra.runtime.output_dir),
+        filter_overrides(overrides),
+        decode_members(cfg.hydra.job.env_set.get(GROUP_ENV)),
+    )
+    for run in runs:
+        if not is_complete(run.stats_path):
+            write_failure(run, error, details)
 
 
 def failed_return(

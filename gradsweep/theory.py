@@ -187,7 +187,7 @@ def length_map(
 def chi1_per_layer(
     act: str, sw2: Sequence[float], sb2: Sequence[float], input_var: float = 1.0
 ) -> Array:
-    """chi_1^(l) = sigma_w^2(l+1) E[phi'(sqrt(q^l) z)^2], the squared-norm ratio of layer l to l+1."""
+    """chi_1^(l) = sigma_w^2(l+1) E[phi'(sqrt(q^l) z)^2], squared-norm ratio of layer l to l+1."""
     dphi = activation_derivative(act)
     q = length_map(act, sw2, sb2, input_var)[:-1]
     return np.asarray(sw2[1:]) * gauss_expect(lambda x: dphi(x) ** 2, np.maximum(q, _Q_TINY))
@@ -202,7 +202,7 @@ def _stable_root(residual: Callable[[float], float], lo: float, hi: float) -> fl
 
 
 def _fixed_q(act: str, sw2: float, sb2: float) -> float:
-    """Largest stable fixed point of q -> sw2 E[phi^2] + sb2; 0 or inf if none is finite positive."""
+    """Largest stable fixed point of q -> sw2 E[phi^2] + sb2; 0 or inf if none is finite > 0."""
     phi = activation(act)
     grid = np.logspace(-12, 12, 241)
     resid = sw2 * gauss_expect(lambda x: phi(x) ** 2, grid) + sb2 - grid
@@ -216,7 +216,7 @@ def _fixed_q(act: str, sw2: float, sb2: float) -> float:
 
 
 def depth_scale(chi1: float) -> float:
-    """xi = -1/ln(chi_1): layers over which the gradient norm^2 changes by e (negative when exploding)."""
+    """xi = -1/ln(chi_1): layers over which the gradient norm^2 changes by e (< 0 if exploding)."""
     if chi1 == 1.0:
         return math.inf
     if chi1 == 0.0:
@@ -393,7 +393,7 @@ def factors_from_norms(norms: Sequence[float]) -> Array:
 
 
 def bulk_factor(values: Sequence[float], skip_first: int = 1, skip_last: int = 1) -> float:
-    """Geometric mean of per-layer factors over interior layers, skipping the ends the theory misses."""
+    """Geometric mean of per-layer factors over interior layers, skipping ends the theory misses."""
     v = np.asarray(values, dtype=np.float64)
     inner = v[skip_first : len(v) - skip_last]
     if inner.size == 0:

@@ -8,10 +8,10 @@ from enum import Enum
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from gradsweep.config import AppConfig
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOC = REPO / "docs" / "configuration.md"
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 

@@ -9,7 +9,6 @@ command completes them with the same bits as the basic launcher.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import shutil
@@ -21,23 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, assert_same_run_file, run_cli
 
 SCRIPT = REPO / "benchmarks" / "slurm_single_node.sh"
 SWEEP = ("act=sigmoid,relu", "depth=3", "seed=0,1", "steps=3000")
 # Slurm's KillWait (30 s: a cancelled job's processes get SIGKILL that long after SIGTERM),
 # then a state poll (at most 30 s apart) and the launcher's grace for a result (15 s).
 CANCEL_TO_EXIT_BOUND_S = 150.0
-
-
-def _compare_file() -> Callable[[Path, Path, set[str]], list[str]]:
-    spec = importlib.util.spec_from_file_location(
-        "compare_sweeps", REPO / "benchmarks" / "compare_sweeps.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.compare_file
 
 
 def test_preset_uses_the_gradsweep_launcher_and_keeps_every_slurm_field(tmp_path: Path) -> None:
@@ -188,10 +177,9 @@ def test_cancelled_array_fails_its_runs_and_a_rerun_completes_them_bit_for_bit(
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(failed)} ok, {len(complete)} skipped" in rerun.stderr + rerun.stdout
     assert not list(swept.glob("*/FAILED.txt"))
-    compare_file = _compare_file()
     for name in every_run:
         path = Path(name) / "grad_stats.parquet"
-        assert compare_file(basic / path, swept / path, set()) == [], name
+        assert_same_run_file(basic / path, swept / path)
 
 
 @pytest.mark.slow

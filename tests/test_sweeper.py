@@ -1,8 +1,7 @@
-"""Real multiruns in a subprocess: launchers, resume after SIGKILL, failure isolation, replica groups, progress."""
+"""The sweeper in real multiruns: launchers, resume, failure isolation, replica groups, progress."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -10,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from conftest import REPO, assert_same_sweep, run_sweep, stats_files, sweep_cmd
 
-from gradsweep.store import STATS_FILE, read_metadata, read_run
+from gradsweep.store import read_run
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP = [
     "act=sigmoid,relu",
     "depth=3,6",
@@ -25,88 +23,6 @@ SWEEP = [
     "optimizer=adam",
 ]
 N_RUNS = 8
-
-
-def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "gradsweep", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-
-
-def run_sweep(sweep_dir: Path, *overrides: str, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    """Run `python -m gradsweep -m ...` into `sweep_dir`; check its exit status."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run(
-        sweep_cmd(sweep_dir, *overrides),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == expect_rc, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def stats_files(sweep_dir: Path) -> dict[str, Path]:
-    """Run dir name -> its complete statistics file."""
-    return {p.parent.name: p for p in sorted(sweep_dir.glob(f"*/{STATS_FILE}"))}
-
-
-def run_files(sweep_dir: Path) -> set[str]:
-    """Every file a sweep left in its run dirs except Hydra's log and records (paths relative to the sweep dir)."""
-    return {
-        str(p.relative_to(sweep_dir))
-        for p in sweep_dir.glob("*/*")
-        if p.is_file() and p.name != "gradsweep.log"
-    }
-
-
-def assert_stats_close(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    """Equal to float rounding: numbers to rtol 1e-5 / atol 1e-6, labels exactly, histograms up to edge flips.
-
-    Rounding can move an element across a histogram bin edge, so a histogram may
-    differ by a couple of elements. A Linear bias followed by BatchNorm has no
-    effect on the output: its gradient is zero up to rounding noise, so only its
-    element count is compared, and Adam, which normalises that noise into
-    lr-sized steps, makes the bias itself (param_norm, param_std) follow the noise.
-    """
-    assert list(a.columns) == list(b.columns)
-    noise = (a["grad_norm"] <= 1e-6 * a["total_grad_norm"]).to_numpy()
-    loose = ["grad_hist", "grad_frac_zero"]
-    params = ["param_norm", "param_std"]
-    pd.testing.assert_frame_equal(
-        a.drop(columns=loose + params), b.drop(columns=loose + params), rtol=1e-5, atol=1e-6
-    )
-    pd.testing.assert_frame_equal(
-        a.loc[~noise, params], b.loc[~noise, params], rtol=1e-5, atol=1e-6
-    )
-    moved = ((a["grad_frac_zero"] - b["grad_frac_zero"]).abs() * a["numel"]).to_numpy()
-    assert (moved[~noise] <= 1 + 1e-9).all()
-    for is_noise, hist_a, hist_b in zip(noise, a["grad_hist"], b["grad_hist"]):
-        assert (hist_a is None) == (hist_b is None)
-        if hist_a is not None:
-            assert hist_a.sum() == hist_b.sum() and (is_noise or abs(hist_a - hist_b).sum() <= 4)
-
-
-def assert_same_sweep(a: Path, b: Path, exact: bool = True) -> None:
-    """Same run dirs and files; per run, the same table and gradsweep metadata, number for number."""
-    assert run_files(a) == run_files(b)
-    files_a, files_b = stats_files(a), stats_files(b)
-    assert files_a.keys() == files_b.keys() and files_a
-    for name in files_a:
-        frame_a, frame_b = read_run(files_a[name]), read_run(files_b[name])
-        if exact:
-            pd.testing.assert_frame_equal(frame_a, frame_b, check_exact=True)
-        else:
-            assert_stats_close(frame_a, frame_b)
-        meta_a, meta_b = read_metadata(files_a[name]), read_metadata(files_b[name])
-        summary_a, summary_b = (
-            pd.read_json(io.StringIO(m.pop("summary"))) for m in (meta_a, meta_b)
-        )
-        assert meta_a == meta_b
-        if exact:
-            pd.testing.assert_frame_equal(summary_a, summary_b, check_exact=True)
-        else:
-            pd.testing.assert_frame_equal(summary_a, summary_b, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import assert_stats_close
 from omegaconf import OmegaConf
-from test_sweeps import assert_stats_close
 
 from gradsweep.config import AppConfig, run_key
 from gradsweep.experiment import GradientFlowRun
