@@ -19,7 +19,7 @@
 # layers' weight gradients in the order backpropagation reaches them: output layer
 # first, so the exercise's ratio last / first is below 1 when gradients vanish.
 # Set `GRADSWEEP_SWEEP_DIR` to a sweep dir to compare with its run files; runs it
-# lacks are written into a temporary dir by the same code path (`gradsweep.experiment`).
+# lacks are run into a temporary dir by `gradsweep.run`, the code path of `python -m gradsweep`.
 
 # %%
 import os
@@ -27,20 +27,15 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import pyarrow.dataset as ds
 import torch
 from torch import nn
 
+import gradsweep
 from gradsweep.bins import HIST_BIN_LABELS, HIST_REGULAR_EDGES
-from gradsweep.experiment import run_experiment
-from gradsweep.model import build_mlp
-from gradsweep.store import RunSet, run_metadata, write_run
-from gradsweep.summary import run_metrics
 
 EXTRA_DIR = Path(tempfile.mkdtemp(prefix="gradsweep-exercise-"))
 SWEEP_DIR = Path(os.environ.get("GRADSWEEP_SWEEP_DIR") or EXTRA_DIR)
@@ -63,40 +58,14 @@ def weight_gradients(network: nn.Sequential, clip: float | None = None) -> list[
 def run_file_norms(config: dict, column: str = "grad_norm") -> np.ndarray:
     """Step-0 weight-gradient norms, output layer first, from the run file of `config`.
 
-    The run file is written first if the sweep dir lacks it.
+    `gradsweep.run` takes the sweep dir's file of this configuration, or runs it.
     """
-    full = {"depth": 5, "seed": SEED, "data_seed": DATA_SEED, "steps": 0, "replicas": 1, **config}
-    runs = RunSet([SWEEP_DIR, EXTRA_DIR])
-    match = runs.runs
-    for key, value in config.items():
-        match = match[match[key].isna()] if value is None else match[match[key] == value]
-    match = match[
-        (match["seed"] == SEED) & (match["data_seed"] == DATA_SEED) & (match["depth"] == 5)
-    ]
-    if match.empty:
-        result = run_experiment(full)
-        path = EXTRA_DIR / "-".join(f"{k}{v}" for k, v in config.items()) / "grad_stats.parquet"
-        write_run(
-            result.stats,
-            path,
-            run_metadata(
-                yaml.safe_dump(full),
-                result.device_name,
-                result.status[0],
-                run_metrics(result.stats),
-            ),
-        )
-        files = [path]
-    else:
-        files = [match["path"].iloc[0]]
-    frame = RunSet(files).frame(
-        columns=["layer", column],
-        filter=(ds.field("step") == 0)
-        & (ds.field("tensor") == "weight")
-        & (ds.field("replica") == 0),
-    )
-    print(f"{config}: compared with {files[0]}")
-    return frame.sort_values("layer")[column].to_numpy()[::-1]
+    full = {"seed": SEED, "data_seed": DATA_SEED, "depth": 5, **config}
+    path = gradsweep.run(EXTRA_DIR, reuse=[SWEEP_DIR], **full)
+    frame = gradsweep.load(path, columns=["replica", "layer", "tensor", column], steps=0)
+    weights = frame[(frame["tensor"] == "weight") & (frame["replica"] == 0)]
+    print(f"{config}: compared with {path}")
+    return weights.sort_values("layer")[column].to_numpy()[::-1]
 
 
 def check(gradients: list[torch.Tensor], config: dict, column: str = "grad_norm") -> None:
@@ -111,7 +80,7 @@ def check(gradients: list[torch.Tensor], config: dict, column: str = "grad_norm"
 # ## Section 1: vanishing gradients with sigmoid
 
 # %%
-deep_sigmoid_network = build_mlp(act="sigmoid", depth=5, seed=SEED)
+deep_sigmoid_network = gradsweep.build_mlp(act="sigmoid", depth=5, seed=SEED)
 print(deep_sigmoid_network)
 sigmoid_gradients = weight_gradients(deep_sigmoid_network)
 sigmoid_norms = [g.norm().item() for g in sigmoid_gradients]
@@ -123,7 +92,7 @@ check(sigmoid_gradients, {"act": "sigmoid", "batchnorm": False, "clip": None})
 # ## Section 2: tanh vanishes too, far less
 
 # %%
-deep_tanh_network = build_mlp(act="tanh", depth=5, seed=SEED)
+deep_tanh_network = gradsweep.build_mlp(act="tanh", depth=5, seed=SEED)
 tanh_gradients = weight_gradients(deep_tanh_network)
 tanh_norms = [g.norm().item() for g in tanh_gradients]
 print(f"tanh last / first = {tanh_norms[-1] / tanh_norms[0]:.3e}")
@@ -142,7 +111,9 @@ ax.legend()
 # ## Section 3: exploding gradients from N(0, 5^2) weights, and clipping
 
 # %%
-unstable_network = build_mlp(act="identity", depth=5, init="normal", init_scale=5.0, seed=SEED)
+unstable_network = gradsweep.build_mlp(
+    act="identity", depth=5, init="normal", init_scale=5.0, seed=SEED
+)
 exploding_gradients = weight_gradients(unstable_network)
 print("norms:", [f"{g.norm().item():.2e}" for g in exploding_gradients])
 check(exploding_gradients, {"act": "identity", "init": "normal", "init_scale": 5.0, "clip": None})
@@ -160,12 +131,12 @@ check(
 # is dead for the whole batch at this seed, which would make every gradient zero.
 
 # %%
-relu_network = build_mlp(act="relu", depth=5, output_act=False, seed=SEED)
+relu_network = gradsweep.build_mlp(act="relu", depth=5, output_act=False, seed=SEED)
 relu_gradients = weight_gradients(relu_network)
 relu_norms = [g.norm().item() for g in relu_gradients]
 print(f"relu last / first = {relu_norms[-1] / relu_norms[0]:.3e}")
 check(relu_gradients, {"act": "relu", "output_act": False, "batchnorm": False, "clip": None})
-batchnorm_network = build_mlp(act="sigmoid", depth=5, batchnorm=True, seed=SEED)
+batchnorm_network = gradsweep.build_mlp(act="sigmoid", depth=5, batchnorm=True, seed=SEED)
 batchnorm_gradients = weight_gradients(batchnorm_network)
 bn_norms = [g.norm().item() for g in batchnorm_gradients]
 print(

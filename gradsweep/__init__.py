@@ -1,8 +1,10 @@
 """gradsweep: Hydra-configured sweeps that measure how gradients flow through neural networks.
 
-`gradsweep.load(paths...)` reads runs into one pandas DataFrame. It is imported
-on first use, so that `import gradsweep` (done by Hydra's plugin discovery and
-by the CLI) loads neither pandas nor pyarrow nor torch.
+The public functions: `load` reads runs into one pandas DataFrame, `run` runs
+one configuration in this process and writes its run file, `build_mlp` builds
+the network of one replica. Each is imported on first use, so that
+`import gradsweep` (done by Hydra's plugin discovery and by the CLI) loads
+neither pandas nor pyarrow nor torch.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load"]
+__all__ = ["build_mlp", "load", "run"]
+_HOMES = {"build_mlp": "gradsweep.model", "load": "gradsweep.loading", "run": "gradsweep.running"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "load":
-        from gradsweep.loading import load
+    if name in _HOMES:
+        from importlib import import_module
 
-        return load
+        return getattr(import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'gradsweep' has no attribute {name!r}")
 
 
