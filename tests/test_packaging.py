@@ -38,34 +38,52 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def imported_top_level_modules() -> set[str]:
-    """Top-level modules imported anywhere in the package's source, relative imports excluded."""
-    names = set()
+def imported_top_level_modules() -> tuple[set[str], set[str]]:
+    """Top-level modules the package's source imports: at module level, and inside functions."""
+    eager, lazy = set(), set()
     for directory in SOURCE_DIRS:
         for path in (REPO / directory).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
+            tree = ast.parse(path.read_text())
+            at_module_level = {id(node) for node in tree.body}
+            for node in ast.walk(tree):
                 if isinstance(node, ast.Import):
-                    names.update(alias.name.split(".")[0] for alias in node.names)
+                    found = {alias.name.split(".")[0] for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names.add(node.module.split(".")[0])
-    return names
+                    found = {node.module.split(".")[0]}
+                else:
+                    continue
+                (eager if id(node) in at_module_level else lazy).update(found)
+    return eager, lazy
 
 
-def test_every_imported_third_party_module_is_a_declared_dependency() -> None:
-    first_party = {"gradsweep", "hydra_plugins"}
-    third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - first_party
-    providers = metadata.packages_distributions()
-    declared = {
+def requirement_names(extra: bool) -> set[str]:
+    """Canonical names of the package's requirements: the core ones, or those of its extras."""
+    return {
         canonical(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0])
         for req in metadata.requires("gradsweep") or []
-        if "extra ==" not in req
+        if ("extra ==" in req) == extra
     }
-    undeclared = {
+
+
+def undeclared(modules: set[str], declared: set[str]) -> dict[str, list[str]]:
+    """Third-party modules among `modules` that no distribution in `declared` provides."""
+    providers = metadata.packages_distributions()
+    third_party = modules - set(sys.stdlib_module_names) - {"gradsweep", "hydra_plugins"}
+    return {
         module: providers.get(module, ["?"])
         for module in sorted(third_party)
         if not {canonical(d) for d in providers.get(module, [])} & declared
     }
-    assert not undeclared, f"imported but not in [project].dependencies: {undeclared}"
+
+
+def test_every_imported_third_party_module_is_a_declared_dependency() -> None:
+    """Module-level imports are core dependencies; imports inside functions may be extras."""
+    eager, lazy = imported_top_level_modules()
+    core, extras = requirement_names(extra=False), requirement_names(extra=True)
+    missing = undeclared(eager, core)
+    assert not missing, f"imported but not in [project].dependencies: {missing}"
+    missing = undeclared(lazy, core | extras)
+    assert not missing, f"imported on use but in no dependency or extra: {missing}"
 
 
 def test_the_configuration_is_the_package_gradsweep_conf() -> None:
