@@ -19,7 +19,8 @@
 # layers' weight gradients in the order backpropagation reaches them: output layer
 # first, so the exercise's ratio last / first is below 1 when gradients vanish.
 # Set `GRADSWEEP_SWEEP_DIR` to a sweep dir to compare with its run files; runs it
-# lacks are run into a temporary dir by `gradsweep.run`, the code path of `python -m gradsweep`.
+# lacks are run into a temporary dir by `gradsweep.run`, the code path of `python -m gradsweep`,
+# and every run file is read with `gradsweep.load`.
 
 # %%
 import os
@@ -38,7 +39,8 @@ import gradsweep
 from gradsweep.bins import HIST_BIN_LABELS, HIST_REGULAR_EDGES
 
 EXTRA_DIR = Path(tempfile.mkdtemp(prefix="gradsweep-exercise-"))
-SWEEP_DIR = Path(os.environ.get("GRADSWEEP_SWEEP_DIR") or EXTRA_DIR)
+SWEEP_RUNS = os.environ.get("GRADSWEEP_SWEEP_DIR")
+SWEEP_DIR = Path(SWEEP_RUNS or EXTRA_DIR)
 SEED, DATA_SEED = 42, 0
 # gradsweep's step-0 batch: 32 N(0, 1) inputs drawn from data_seed in float64
 x = torch.randn(1, 32, 10, generator=torch.Generator().manual_seed(DATA_SEED), dtype=torch.float64)[
@@ -56,15 +58,23 @@ def weight_gradients(network: nn.Sequential, clip: float | None = None) -> list[
 
 
 def run_file_norms(config: dict, column: str = "grad_norm") -> np.ndarray:
-    """Step-0 weight-gradient norms, output layer first, from the run file of `config`.
+    """Step-0 weight-gradient norms, output layer first, from a run file of `config`.
 
-    `gradsweep.run` takes the sweep dir's file of this configuration, or runs it.
+    The sweep dir's run of this network and seed is used when it has one (any
+    number of training steps: step 0 is the initialisation); otherwise
+    `gradsweep.run` runs the configuration, as `python -m gradsweep` would.
     """
     full = {"seed": SEED, "data_seed": DATA_SEED, "depth": 5, **config}
-    path = gradsweep.run(EXTRA_DIR, reuse=[SWEEP_DIR], **full)
-    frame = gradsweep.load(path, columns=["replica", "layer", "tensor", column], steps=0)
-    weights = frame[(frame["tensor"] == "weight") & (frame["replica"] == 0)]
-    print(f"{config}: compared with {path}")
+    rows = gradsweep.load(SWEEP_DIR, steps=0, problems="ignore") if SWEEP_RUNS else None
+    if rows is not None:
+        for key, value in full.items():
+            rows = rows[rows[key].isna()] if value is None else rows[rows[key] == value]
+    if rows is None or rows.empty:
+        rows = gradsweep.load(gradsweep.run(EXTRA_DIR, **full), steps=0)
+        print(f"{config}: compared with a new run in {EXTRA_DIR}/")
+    else:
+        print(f"{config}: compared with {SWEEP_DIR}/ (run {rows['run_key'].iloc[0]})")
+    weights = rows[rows["tensor"] == "weight"]
     return weights.sort_values("layer")[column].to_numpy()[::-1]
 
 
