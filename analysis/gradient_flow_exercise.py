@@ -81,7 +81,7 @@ def run_file_norms(config: dict, column: str = "grad_norm") -> np.ndarray:
             path,
             run_metadata(
                 yaml.safe_dump(full),
-                result.device_name,
+                result.execution.metadata(),
                 result.status[0],
                 run_metrics(result.stats),
             ),

@@ -54,6 +54,7 @@ from gradsweep.hydra_internals import (
     is_config_group,
     sweeper_params,
 )
+from gradsweep.progress import kept_otherwise_note
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class GradsweepSweeper(BasicSweeper):
         total = sum(counts.values())
         summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
         log.info(f"gradsweep: {total} runs in {seconds:.1f}s: {summary}")
+        _note_kept_otherwise(results)
         if not failed:
             return
         for result in failed:
@@ -200,3 +202,16 @@ class GradsweepSweeper(BasicSweeper):
             f"gradsweep: {counts['failed']} of {total} runs failed; "
             "see FAILED.txt in their run dirs"
         )
+
+
+def _note_kept_otherwise(results: list[JobReturn]) -> None:
+    """One line when complete runs were kept though written otherwise (`gradsweep.execution`)."""
+    statuses = [
+        status
+        for result in results
+        if result.status == JobStatus.COMPLETED
+        for status in result.return_value
+    ]
+    note = kept_otherwise_note(statuses)
+    if note is not None:
+        log.warning(note)

@@ -44,6 +44,8 @@ def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None
         ("width=-3", ["width=-3", "width must be an integer >= 1"]),
         ("init_scale=-1", ["init_scale=-1", "init_scale must be a number > 0"]),
         ("clip=0", ["clip=0", "clip must be null (no clipping) or a number > 0"]),
+        ("threads=0", ["threads=0 is invalid", "an integer >= 1 or auto"]),
+        ("threads=many", ["threads='many' is invalid", "an integer >= 1 or auto"]),
         ("foo=1", ["foo", "not in 'AppConfig'"]),
         ("depth=abc", ["depth=abc", "'abc'"]),
     ],
