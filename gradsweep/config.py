@@ -116,6 +116,9 @@ class AppConfig(RunConfig):
 
 
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+# How a sweep's runs execute, not what they are: one value per sweep, since every value would
+# write the same runs into the same run dirs.
+EXECUTION_KEYS: tuple[str, ...] = ("threads", "redo_mismatched")
 # The valid values of each choice-valued run key, from its Enum: the one list of choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     key: tuple(member.value for member in kind)

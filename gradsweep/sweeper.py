@@ -35,7 +35,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gradsweep.config import ConfigValueError, validate
+from gradsweep.config import EXECUTION_KEYS, ConfigValueError, validate
 from gradsweep.group_plan import (
     GROUP_ENV,
     POSITION_ENV,
@@ -59,6 +59,17 @@ from gradsweep.progress import kept_otherwise_note
 log = logging.getLogger(__name__)
 
 RUN_DIRNAME_SUBDIR = "${run_dirname:}"
+
+
+def refuse_swept_execution_keys(overrides: Sequence[Override]) -> None:
+    """One line for a sweep over `threads` or `redo_mismatched`, which are not part of a run."""
+    for override in overrides:
+        if override.is_sweep_override() and override.key_or_group in EXECUTION_KEYS:
+            raise ConfigCompositionException(
+                f"{override.input_line} cannot be swept: {override.key_or_group} is not part of a "
+                "run's identity, so every value would write the same runs into the same run dirs; "
+                "run one sweep per value, each into its own hydra.sweep.dir"
+            )
 
 
 class GradsweepSweeper(BasicSweeper):
@@ -131,7 +142,9 @@ class GradsweepSweeper(BasicSweeper):
         """Expand the sweep, pack replica groups, add each job's position (and group)."""
         assert self.hydra_context is not None and self.config is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs = expand_sweep(parser.parse_overrides(sweeper_params(self) + list(arguments)))
+        parsed = parser.parse_overrides(sweeper_params(self) + list(arguments))
+        refuse_swept_execution_keys(parsed)
+        jobs = expand_sweep(parsed)
         if self.group_size > 1:
             subdir = OmegaConf.to_container(self.config.hydra.sweep)["subdir"]
             if subdir != RUN_DIRNAME_SUBDIR:

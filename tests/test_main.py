@@ -72,6 +72,7 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(
         ),  # jobs after the first share its composition: Hydra's type check still runs
         (["act=sigmoid,foo", "width=8,16"], "'foo'"),
         (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
+        (["act=sigmoid,relu", "threads=1,2"], "threads=1,2 cannot be swept"),
     ],
 )
 def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(
