@@ -121,10 +121,10 @@ def plan_resume(
     threads: int,
     redo_mismatched: bool,
 ) -> list[Resume]:
-    """Per run of a job: run it when its file is incomplete, or written otherwise and redone.
+    """Per run of a job: run it when its file is incomplete; else keep the file, or redo it.
 
-    A complete file is kept when its record equals what the job would use now, and
-    when it does not unless `redo_mismatched`.
+    A complete file whose record equals what the job would use now is kept; one written
+    otherwise is kept too, with its differences, unless `redo_mismatched`.
     """
     planned: Execution | None = None
     plan = []

@@ -11,9 +11,13 @@
 - optionally packs configurations that differ only in seed / init_scale into
   replica groups (`hydra.sweeper.group_size`), one stacked job per group that
   still writes one run dir and parquet file per configuration;
+- refuses a sweep over `threads` or `redo_mismatched`, which would write the
+  same runs once per value (they are not part of a run's identity);
 - tells each job its position in the sweep, so it can print index/total;
 - runs every job even when some fail, then lists the failures and exits
-  non-zero (BasicSweeper stops at the first failed job of a batch).
+  non-zero (BasicSweeper stops at the first failed job of a batch), and says
+  how many complete runs were kept though written otherwise
+  (`gradsweep.execution`).
 
 Hydra finds it through the thin plugin in `hydra_plugins.gradsweep_sweeper`,
 which imports this module only when a sweep starts. Planning a sweep needs no
