@@ -14,18 +14,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.allocator import keep_freed_memory
-from gradsweep.config import ConfigValueError, register_configs
+from gradsweep.config import ConfigValueError, register_configs, run_values
+from gradsweep.execution import Resume, apply_threads, plan_resume
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
 from gradsweep.group_plan import GROUP_ENV, POSITION_ENV, decode_members
 from gradsweep.groups import ReplicaGroupRun
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.run_plan import PlannedRun, plan_runs, write_failure
-from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
+from gradsweep.store import FAILURE_FILE, run_metadata, write_run
 from gradsweep.summary import footer_metrics
 
 log = logging.getLogger("gradsweep")
 
 register_configs()
+
+# Keys of the app config that the run file's `config` leaves out: how to resume, not the run.
+UNRECORDED_KEYS = ("hydra", "redo_mismatched")
 
 
 def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
@@ -42,10 +46,12 @@ def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
 
 
 def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
-    run_cfg = OmegaConf.masked_copy(run.cfg, [k for k in run.cfg.keys() if k != "hydra"])
+    run_cfg = OmegaConf.masked_copy(
+        run.cfg, [k for k in run.cfg.keys() if k not in UNRECORDED_KEYS]
+    )
     status = "diverged" if "diverged" in result.status else "ok"
     meta = run_metadata(
-        OmegaConf.to_yaml(run_cfg, resolve=True), result.device_name, status, summary
+        OmegaConf.to_yaml(run_cfg, resolve=True), result.execution.metadata(), status, summary
     )
     write_run(result.stats, run.stats_path, meta)
     return ",".join(sorted(set(result.status)))
@@ -54,13 +60,15 @@ def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
 def execute_runs(
     runs: list[PlannedRun], progress: Callable[[int], None] | None = None
 ) -> list[tuple[str, float]]:
-    """Run a job's configurations (stacked when several), write the incomplete ones.
+    """Run a job's configurations (stacked when several), write those `_resume` says to run.
 
     Returns (status, seconds) of each run.
     """
-    pending = [i for i, run in enumerate(runs) if not is_complete(run.stats_path)]
+    threads = apply_threads(runs[0].cfg.threads)  # before any torch work of the job
+    resume = _resume(runs, threads)
+    pending = [i for i, decision in enumerate(resume) if decision.run]
     if not pending:
-        return [("skipped (complete)", 0.0)] * len(runs)
+        return [(decision.status(), 0.0) for decision in resume]
     for i in pending:
         _prepare_dir(runs[i], own_job=i == 0)
     if len(runs) == 1:
@@ -70,9 +78,18 @@ def execute_runs(
     summaries = dict(zip(pending, footer_metrics([results[i].stats for i in pending])))
     outcomes = []
     for i, (run, result) in enumerate(zip(runs, results)):
-        status = _write(run, result, summaries[i]) if i in pending else "skipped (complete)"
-        outcomes.append((status, result.seconds if i in pending else 0.0))
+        if i in pending:
+            outcomes.append((resume[i].status(_write(run, result, summaries[i])), result.seconds))
+        else:
+            outcomes.append((resume[i].status(), 0.0))
     return outcomes
+
+
+def _resume(runs: list[PlannedRun], threads: int) -> list[Resume]:
+    """Per run of the job: run it, redo it or keep its complete file (`execution.plan_resume`)."""
+    members = [run_values(run.cfg) for run in runs]
+    redo = runs[0].cfg.redo_mismatched
+    return plan_resume([run.stats_path for run in runs], members, threads, redo)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gradsweep.conf", config_name="config")

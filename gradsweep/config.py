@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -101,13 +102,23 @@ class RunConfig:
 
 @dataclass
 class AppConfig(RunConfig):
-    """The Hydra app's root node: the run's keys plus where to write."""
+    """The Hydra app's root node: the run's keys plus where to write and how to execute.
+
+    None of these keys is part of a run's identity (`run_key`, its run dir):
+    `threads` decides the bits, so the run file records it, and a resumed sweep
+    compares it (`gradsweep.execution`) instead of writing to other dirs.
+    """
 
     experiment_name: str = "default"
     stats_file: str = "grad_stats.parquet"
+    threads: Any = 1
+    redo_mismatched: bool = False
 
 
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+# How a sweep's runs execute, not what they are: one value per sweep, since every value would
+# write the same runs into the same run dirs.
+EXECUTION_KEYS: tuple[str, ...] = ("threads", "redo_mismatched")
 # The valid values of each choice-valued run key, from its Enum: the one list of choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     key: tuple(member.value for member in kind)
@@ -146,17 +157,45 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+def _getter(cfg: Any) -> Any:
+    """`get(key, default)` of a mapping, DictConfig or dataclass configuration."""
+    if isinstance(cfg, (Mapping, DictConfig)):
+        return cfg.get
+    return lambda k, d=None: getattr(cfg, k, d)
+
+
 def run_values(cfg: Any) -> dict[str, Any]:
     """The run's keys as plain Python values (Enums as their names), in schema order."""
-    get = (
-        cfg.get if isinstance(cfg, (Mapping, DictConfig)) else lambda k, d=None: getattr(cfg, k, d)
-    )
+    get = _getter(cfg)
     defaults = RunConfig()
     return {k: _plain(get(k, getattr(defaults, k))) for k in RUN_KEYS}
 
 
+THREADS_AUTO = "auto"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_threads(value: Any) -> int:
+    """The intra-op thread count the `threads` key stands for: an integer >= 1, or `auto`."""
+    if value == THREADS_AUTO:
+        return available_cores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigValueError(
+            f"threads={value!r} is invalid: threads must be an integer >= 1 or {THREADS_AUTO} "
+            "(every core this process may use)"
+        )
+    return value
+
+
 def validate(cfg: Any) -> dict[str, Any]:
     """Check numeric ranges that a type alone cannot express; return the plain values."""
+    resolve_threads(_getter(cfg)("threads", AppConfig.threads))
     v = run_values(cfg)
     for key in _POSITIVE_INT:
         if not isinstance(v[key], int) or v[key] < 1:

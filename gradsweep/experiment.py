@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsweep.config import run_key, validate
+from gradsweep.execution import Execution, device_name
 from gradsweep.model import StackedMLP, build_mlp
 from gradsweep.probe import GradientProbe, HostCopies
 from gradsweep.rows import build_rows
@@ -47,12 +48,12 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class RunResult:
-    """What one run produced: tidy statistics rows and per-replica outcome."""
+    """What one run produced: tidy statistics rows, per-replica outcome, what decided its bits."""
 
     stats: pd.DataFrame
     status: list[str]
     diverged_step: list[int | None]
-    device_name: str
+    execution: Execution
     seconds: float
 
 
@@ -226,8 +227,8 @@ class GradientFlowRun:
         records = [(step, hist, host) for (step, hist), host in zip(logged, copies.arrays())]
         layout = self.probe.layout.with_tail(self.tail)
         stats, status, diverged = build_rows(records, layout, v, self.key, self.replica_inits())
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return RunResult(stats, status, diverged, name, time.perf_counter() - start)
+        execution = Execution.now(device_name(self.device), self.probe.strategy.name)
+        return RunResult(stats, status, diverged, execution, time.perf_counter() - start)
 
 
 def run_experiment(cfg: Any) -> RunResult:

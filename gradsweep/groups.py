@@ -55,7 +55,7 @@ class ReplicaGroupRun(GradientFlowRun):
                     rows,
                     whole.status[part],
                     whole.diverged_step[part],
-                    whole.device_name,
+                    whole.execution,
                     whole.seconds,
                 )
             )

@@ -7,6 +7,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+SKIPPED = "skipped (complete)"
+# Start of the status of a complete run kept although it was written otherwise than it would be now.
+KEPT_OTHERWISE = "skipped (complete; "
+
 BAR_WIDTH = 30
 REDRAW_SECONDS = 0.1
 
@@ -47,6 +51,43 @@ def run_line(index: int, total: int, overrides: Sequence[str], seconds: float, s
     width = len(str(total))
     values = " ".join(overrides) if overrides else "(defaults)"
     return f"[{index:>{width}}/{total}] {values}  {seconds:.2f}s  {status}"
+
+
+def _written_with(key: str, recorded: str | None, now: str) -> str:
+    if recorded is None:
+        return f"{key} not recorded, now {now}"
+    return f"written with {key}={recorded}, now {now}"
+
+
+def skipped_status(differences: Sequence[tuple[str, str | None, str]] = ()) -> str:
+    """`skipped (complete)`; for a file written otherwise, what it records and what is now.
+
+    `differences`: (key, recorded value or None, value now), as `execution.differences` gives.
+    """
+    if not differences:
+        return SKIPPED
+    return KEPT_OTHERWISE + "; ".join(_written_with(*d) for d in differences) + ")"
+
+
+def redone_status(differences: Sequence[tuple[str, str | None, str]], outcome: str) -> str:
+    """Status of a complete run redone as it was written otherwise: `redone (threads 2 -> 1)`."""
+    what = ", ".join(
+        f"{key} {'not recorded' if was is None else was} -> {now}" for key, was, now in differences
+    )
+    note = "" if outcome == "ok" else f"; {outcome}"
+    return f"redone ({what}{note})"
+
+
+def kept_otherwise_note(statuses: Sequence[str]) -> str | None:
+    """The sweep's line on complete runs kept though written otherwise; None when there are none."""
+    kept = sum(status.startswith(KEPT_OTHERWISE) for status in statuses)
+    if not kept:
+        return None
+    return (
+        f"gradsweep: {kept} complete run(s) were written with other threads, torch, device or "
+        "statistics path and are kept as they are (see their lines); rerun with "
+        "redo_mismatched=true to redo them"
+    )
 
 
 def parse_position(value: Any) -> tuple[int, int] | None:

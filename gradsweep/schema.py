@@ -265,16 +265,26 @@ AXIS_PRIORITY: tuple[str, ...] = (
     "data_seed",
 )
 
+# What decides a run's bits besides its configuration (`gradsweep.execution`): a resumed sweep
+# keeps or, when asked, redoes a complete file that records other values, never mixes silently.
+EXECUTION_METADATA: dict[str, str] = {
+    "torch_version": "torch version that ran the experiment",
+    "threads": "intra-op threads the run used (the `threads` key, resolved: `auto` is written as "
+    "the number of cores)",
+    "device_name": "`cpu` or the CUDA device's name",
+    "stats_path": "the statistics path (probe strategy) that reduced the gradients: `numpy-host`, "
+    "`fused-torch` or `per-tensor`",
+}
+
 # Key-value metadata in every run file's footer, each key under META_PREFIX.
 METADATA: dict[str, str] = {
     "summary": "the run's per-replica summary metrics (the summary columns) as JSON",
     "schema_version": f"version of this file format ({SCHEMA_VERSION})",
     "version": "gradsweep version that wrote the file",
-    "torch_version": "torch version that ran the experiment",
     "config": "the resolved run configuration as YAML",
-    "device_name": "`cpu` or the CUDA device's name",
     "status": "`ok`, or `diverged` when any replica diverged",
     "hist_bins": "labels of the `grad_hist` bins as a JSON list",
+    **EXECUTION_METADATA,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from gradsweep.config import run_key
 from gradsweep.schema import (
     CONFIG_COLUMNS,
     CONFIG_KEYS,
+    EXECUTION_METADATA,
     FAILURE_FILE,
     META_PREFIX,
     RUN_SCHEMA,
@@ -52,19 +53,22 @@ def _version() -> str:
         return "unknown"
 
 
-def run_metadata(config_yaml: str, device_name: str, status: str, summary: str) -> dict[str, str]:
-    """The footer's key-value metadata (`schema.METADATA`); `summary` is per-replica JSON."""
-    import torch
+def run_metadata(
+    config_yaml: str, execution: Mapping[str, str], status: str, summary: str
+) -> dict[str, str]:
+    """The footer's key-value metadata (`schema.METADATA`); `summary` is per-replica JSON.
 
+    `execution` holds the values of `schema.EXECUTION_METADATA`
+    (`gradsweep.execution.Execution.metadata`).
+    """
     return {
         "summary": summary,
         "schema_version": str(SCHEMA_VERSION),
         "version": _version(),
-        "torch_version": torch.__version__,
         "config": config_yaml,
-        "device_name": device_name,
         "status": status,
         "hist_bins": json.dumps(list(HIST_BIN_LABELS)),
+        **{key: execution[key] for key in EXECUTION_METADATA},
     }
 
 
@@ -120,13 +124,17 @@ def check_schema(path: str | Path) -> dict[str, str]:
     return meta
 
 
+def complete_metadata(path: str | Path) -> dict[str, str] | None:
+    """The metadata of a readable run file of the current schema version; None for any other."""
+    try:
+        return check_schema(path)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
 def is_complete(path: str | Path) -> bool:
     """True when `path` is a readable run file of the current schema version."""
-    try:
-        check_schema(path)
-    except (OSError, ValueError, pa.ArrowException):
-        return False
-    return True
+    return complete_metadata(path) is not None
 
 
 def read_run(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

@@ -11,9 +11,13 @@
 - optionally packs configurations that differ only in seed / init_scale into
   replica groups (`hydra.sweeper.group_size`), one stacked job per group that
   still writes one run dir and parquet file per configuration;
+- refuses a sweep over `threads` or `redo_mismatched`, which would write the
+  same runs once per value (they are not part of a run's identity);
 - tells each job its position in the sweep, so it can print index/total;
 - runs every job even when some fail, then lists the failures and exits
-  non-zero (BasicSweeper stops at the first failed job of a batch).
+  non-zero (BasicSweeper stops at the first failed job of a batch), and says
+  how many complete runs were kept though written otherwise
+  (`gradsweep.execution`).
 
 Hydra finds it through the thin plugin in `hydra_plugins.gradsweep_sweeper`,
 which imports this module only when a sweep starts. Planning a sweep needs no
@@ -35,7 +39,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gradsweep.config import ConfigValueError, validate
+from gradsweep.config import EXECUTION_KEYS, ConfigValueError, validate
 from gradsweep.group_plan import (
     GROUP_ENV,
     POSITION_ENV,
@@ -54,10 +58,22 @@ from gradsweep.hydra_internals import (
     is_config_group,
     sweeper_params,
 )
+from gradsweep.progress import kept_otherwise_note
 
 log = logging.getLogger(__name__)
 
 RUN_DIRNAME_SUBDIR = "${run_dirname:}"
+
+
+def refuse_swept_execution_keys(overrides: Sequence[Override]) -> None:
+    """One line for a sweep over `threads` or `redo_mismatched`, which are not part of a run."""
+    for override in overrides:
+        if override.is_sweep_override() and override.key_or_group in EXECUTION_KEYS:
+            raise ConfigCompositionException(
+                f"{override.input_line} cannot be swept: {override.key_or_group} is not part of a "
+                "run's identity, so every value would write the same runs into the same run dirs; "
+                "run one sweep per value, each into its own hydra.sweep.dir"
+            )
 
 
 class GradsweepSweeper(BasicSweeper):
@@ -130,7 +146,9 @@ class GradsweepSweeper(BasicSweeper):
         """Expand the sweep, pack replica groups, add each job's position (and group)."""
         assert self.hydra_context is not None and self.config is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs = expand_sweep(parser.parse_overrides(sweeper_params(self) + list(arguments)))
+        parsed = parser.parse_overrides(sweeper_params(self) + list(arguments))
+        refuse_swept_execution_keys(parsed)
+        jobs = expand_sweep(parsed)
         if self.group_size > 1:
             subdir = OmegaConf.to_container(self.config.hydra.sweep)["subdir"]
             if subdir != RUN_DIRNAME_SUBDIR:
@@ -185,6 +203,7 @@ class GradsweepSweeper(BasicSweeper):
         total = sum(counts.values())
         summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
         log.info(f"gradsweep: {total} runs in {seconds:.1f}s: {summary}")
+        _note_kept_otherwise(results)
         if not failed:
             return
         for result in failed:
@@ -200,3 +219,16 @@ class GradsweepSweeper(BasicSweeper):
             f"gradsweep: {counts['failed']} of {total} runs failed; "
             "see FAILED.txt in their run dirs"
         )
+
+
+def _note_kept_otherwise(results: list[JobReturn]) -> None:
+    """One line when complete runs were kept though written otherwise (`gradsweep.execution`)."""
+    statuses = [
+        status
+        for result in results
+        if result.status == JobStatus.COMPLETED
+        for status in result.return_value
+    ]
+    note = kept_otherwise_note(statuses)
+    if note is not None:
+        log.warning(note)

@@ -65,8 +65,13 @@ def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
 
 
 def run_sweep(sweep_dir: Path, *overrides: str, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    """Run `python -m gradsweep -m ...` into `sweep_dir`; check its exit status."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    """Run `python -m gradsweep -m ...` into `sweep_dir`; check its exit status.
+
+    Without OMP_NUM_THREADS, whatever the calling shell has: the `threads` key alone
+    decides each run's thread count, under every launcher.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["HYDRA_FULL_ERROR"] = "0"
     proc = subprocess.run(
         sweep_cmd(sweep_dir, *overrides),
         cwd=REPO,

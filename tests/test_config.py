@@ -11,12 +11,15 @@ from gradsweep import theory
 from gradsweep.config import (
     CHOICES,
     Activation,
+    AppConfig,
     BiasInit,
     ConfigValueError,
     Init,
     Loss,
     RunConfig,
+    available_cores,
     check_choice,
+    resolve_threads,
     run_dirname,
     run_key,
     run_values,
@@ -44,6 +47,23 @@ def test_validate_names_key_value_and_range(overrides: dict, needle: str) -> Non
     message = str(err.value)
     assert needle in message
     assert "must be" in message
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, "many", True, None])
+def test_threads_must_be_a_positive_integer_or_auto(value: object) -> None:
+    with pytest.raises(ConfigValueError) as err:
+        validate({**run_values(RunConfig()), "threads": value})
+    assert str(err.value) == (
+        f"threads={value!r} is invalid: threads must be an integer >= 1 or auto "
+        "(every core this process may use)"
+    )
+
+
+def test_threads_resolve_to_a_count_and_are_not_part_of_the_run_key() -> None:
+    assert resolve_threads(3) == 3 and resolve_threads("auto") == available_cores() >= 1
+    app = AppConfig(threads=4, redo_mismatched=True)
+    assert validate(app) == run_values(RunConfig())
+    assert run_key(app) == run_key(RunConfig()) and run_dirname(app) == run_dirname(RunConfig())
 
 
 def test_defaults_are_valid_and_reproduce_the_exercise() -> None:

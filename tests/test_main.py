@@ -44,6 +44,8 @@ def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None
         ("width=-3", ["width=-3", "width must be an integer >= 1"]),
         ("init_scale=-1", ["init_scale=-1", "init_scale must be a number > 0"]),
         ("clip=0", ["clip=0", "clip must be null (no clipping) or a number > 0"]),
+        ("threads=0", ["threads=0 is invalid", "an integer >= 1 or auto"]),
+        ("threads=many", ["threads='many' is invalid", "an integer >= 1 or auto"]),
         ("foo=1", ["foo", "not in 'AppConfig'"]),
         ("depth=abc", ["depth=abc", "'abc'"]),
     ],
@@ -70,6 +72,7 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(
         ),  # jobs after the first share its composition: Hydra's type check still runs
         (["act=sigmoid,foo", "width=8,16"], "'foo'"),
         (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
+        (["act=sigmoid,relu", "threads=1,2"], "threads=1,2 cannot be swept"),
     ],
 )
 def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(

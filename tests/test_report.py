@@ -170,7 +170,7 @@ def test_footer_summaries_keep_every_digit_of_tiny_ratios(tmp_path: Path) -> Non
     for values, result, footer in zip(
         group.members, results, footer_metrics([r.stats for r in results])
     ):
-        meta = run_metadata(yaml.safe_dump(values), "cpu", "ok", footer)
+        meta = run_metadata(yaml.safe_dump(values), result.execution.metadata(), "ok", footer)
         write_run(result.stats, tmp_path / f"s{values['seed']}" / "grad_stats.parquet", meta)
     runs = RunSet([tmp_path])
     from_footers = summary_table(runs)

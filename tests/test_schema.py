@@ -70,7 +70,9 @@ def test_configuration_columns_hold_run_keys() -> None:
 
 
 def test_run_metadata_has_the_documented_keys() -> None:
-    meta = store.run_metadata("act: sigmoid\n", "cpu", "ok", "[]")
+    execution = run_experiment(RunConfig()).execution.metadata()
+    assert list(execution) == list(schema.EXECUTION_METADATA)
+    meta = store.run_metadata("act: sigmoid\n", execution, "ok", "[]")
     assert list(meta) == list(schema.METADATA)
 
 

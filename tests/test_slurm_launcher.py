@@ -134,10 +134,8 @@ def _wait_for(what: Callable[[], Any], proc: subprocess.Popen, log: Path, timeou
 
 @pytest.mark.slow
 def test_cancelled_array_fails_its_runs_and_a_rerun_completes_them_bit_for_bit(
-    slurm_partition: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    slurm_partition: str, tmp_path: Path
 ) -> None:
-    # One intra-op thread under both launchers (the jobs inherit the environment).
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     basic = tmp_path / "basic"
     reference = run_cli("-m", *SWEEP, f"hydra.sweep.dir={basic}", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr

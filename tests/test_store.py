@@ -11,28 +11,37 @@ import pytest
 import gradsweep.store as store
 from gradsweep.bins import N_HIST_BINS
 from gradsweep.config import RunConfig
-from gradsweep.experiment import run_experiment
+from gradsweep.experiment import RunResult, run_experiment
 
 
 @pytest.fixture(scope="module")
-def frame() -> pd.DataFrame:
-    return run_experiment(RunConfig()).stats
+def result() -> RunResult:
+    return run_experiment(RunConfig())
 
 
-def test_metadata_round_trips(tmp_path: Path, frame: pd.DataFrame) -> None:
+@pytest.fixture(scope="module")
+def frame(result: RunResult) -> pd.DataFrame:
+    return result.stats
+
+
+@pytest.fixture(scope="module")
+def execution(result: RunResult) -> dict[str, str]:
+    return result.execution.metadata()
+
+
+def test_metadata_round_trips(tmp_path: Path, frame: pd.DataFrame, execution: dict) -> None:
     path = store.write_run(
         frame,
         tmp_path / "r" / store.STATS_FILE,
-        store.run_metadata("act: sigmoid\n", "cpu", "ok", "[]"),
+        store.run_metadata("act: sigmoid\n", execution, "ok", "[]"),
     )
     meta = store.read_metadata(path)
     assert meta["schema_version"] == str(store.SCHEMA_VERSION)
-    assert (
-        meta["config"] == "act: sigmoid\n"
-        and meta["device_name"] == "cpu"
-        and meta["status"] == "ok"
-    )
+    assert meta["config"] == "act: sigmoid\n" and meta["status"] == "ok"
+    assert {key: meta[key] for key in execution} == execution
+    assert (meta["device_name"], meta["stats_path"]) == ("cpu", "numpy-host")
     assert meta["torch_version"] and meta["version"]
+    assert store.complete_metadata(path) == meta
     assert len(eval(meta["hist_bins"])) == N_HIST_BINS  # noqa: S307 - JSON list of strings
     assert store.is_complete(path)
     pd.testing.assert_frame_equal(store.read_run(path), frame)
@@ -53,9 +62,11 @@ def test_a_crash_while_writing_leaves_no_file_that_looks_complete(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_truncated_or_foreign_files_are_not_complete(tmp_path: Path, frame: pd.DataFrame) -> None:
+def test_truncated_or_foreign_files_are_not_complete(
+    tmp_path: Path, frame: pd.DataFrame, execution: dict
+) -> None:
     good = store.write_run(
-        frame, tmp_path / "good.parquet", store.run_metadata("", "cpu", "ok", "[]")
+        frame, tmp_path / "good.parquet", store.run_metadata("", execution, "ok", "[]")
     )
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(good.read_bytes()[:-100])
@@ -70,3 +81,4 @@ def test_truncated_or_foreign_files_are_not_complete(tmp_path: Path, frame: pd.D
     ):
         store.read_run(old)
     assert not store.is_complete(tmp_path / "missing.parquet")
+    assert store.complete_metadata(truncated) is None and store.complete_metadata(old) is None

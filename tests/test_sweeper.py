@@ -52,11 +52,9 @@ def test_launchers_write_identical_statistics(reference_sweep, tmp_path, launche
 
 
 def test_resume_after_sigkill_equals_uninterrupted_sweep(reference_sweep, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         sweep_cmd(tmp_path, *SWEEP),
         cwd=REPO,
-        env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -42,6 +42,11 @@ class Part(ABC):
 
     tensors: tuple[str, ...] = ()
 
+    @property
+    def numels(self) -> tuple[int, ...]:
+        """Elements of one replica's parameters, in `tensors` order."""
+        return ()
+
     @abstractmethod
     def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
         """A fresh module of one replica; a Linear is initialised by `init_linear`."""
@@ -67,6 +72,10 @@ class LinearPart(Part):
 
     def __init__(self, fan_in: int, fan_out: int) -> None:
         self.fan_in, self.fan_out = fan_in, fan_out
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return self.fan_in * self.fan_out, self.fan_out
 
     def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
         linear = nn.Linear(self.fan_in, self.fan_out)
@@ -98,6 +107,10 @@ class BatchNormPart(Part):
 
     def __init__(self, features: int) -> None:
         self.features = features
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return self.features, self.features
 
     def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
         return nn.BatchNorm1d(self.features)

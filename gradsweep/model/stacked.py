@@ -18,6 +18,20 @@ from gradsweep.model.sequential import ARCH_KEYS, build_mlp
 from gradsweep.probe.layout import TensorSpec
 
 
+def plan_specs(plan: Sequence[LayerPlan], batch_size: int) -> list[TensorSpec]:
+    """Each layer's parameters, then its z_l, in row order: known from the plan, before any tensor.
+
+    A stacked parameter holds each replica's entry of the part's `numels`.
+    """
+    specs = []
+    for index, layer in enumerate(plan):
+        for part in layer.parts:
+            for name, numel in zip(part.tensors, part.numels):
+                specs.append(TensorSpec(index, name, numel, True))
+        specs.append(TensorSpec(index, "preact", batch_size * layer.linear.fan_out, False))
+    return specs
+
+
 class StackedMLP:
     """The stacked network: (K, ...) leaf tensors per part, a batched forward, its tensor specs."""
 
@@ -110,13 +124,7 @@ class StackedMLP:
 
     def tensor_specs(self, batch_size: int) -> list[TensorSpec]:
         """Each layer's parameters, then its z_l: the tensors a run measures, in row order."""
-        specs = []
-        for index, (layer, groups) in enumerate(self._layers):
-            for part, group in zip(layer.parts, groups):
-                for name, tensor in zip(part.tensors, group):
-                    specs.append(TensorSpec(index, name, tensor[0].numel(), True))
-            specs.append(TensorSpec(index, "preact", batch_size * layer.linear.fan_out, False))
-        return specs
+        return plan_specs(self.plan, batch_size)
 
     def replica(self, r: int) -> nn.Sequential:
         """Replica r as the nn.Sequential build_mlp makes, holding copies of its current values."""

@@ -41,11 +41,27 @@ __all__ = [
     "S",
     "StepArrays",
     "TensorSpec",
+    "strategy_for",
 ]
 
 # fused strategy in numpy when the tensors are in host memory (the torch one serves CUDA)
 HOST_REDUCTIONS = True
 FUSED_MAX_ELEMENTS = 1 << 16  # above it, dense per-tensor reductions beat segment ops (measured)
+
+
+def strategy_for(
+    specs: list[TensorSpec], replicas: int, device_type: str, counts_nonfinite: bool = False
+) -> type[ProbeStrategy]:
+    """The strategy that reduces `replicas` stacked copies of `specs` on a `device_type` device.
+
+    A function of sizes and device alone, so that the statistics path of a run can be
+    told from its configuration before it runs (`gradsweep.execution`).
+    """
+    counts_nonfinite = counts_nonfinite or device_type != "cpu"
+    fused = replicas * sum(s.numel for s in specs) <= FUSED_MAX_ELEMENTS
+    if fused and HOST_REDUCTIONS and device_type == "cpu" and not counts_nonfinite:
+        return NumpyHostProbe
+    return FusedTorchProbe if fused else PerTensorProbe
 
 
 class GradientProbe:
@@ -72,11 +88,11 @@ class GradientProbe:
         self.replicas = replicas
         self.device = device
         self.counts_nonfinite = counts_nonfinite or device.type != "cpu"
-        fused = replicas * sum(s.numel for s in specs) <= FUSED_MAX_ELEMENTS
+        kind = strategy_for(specs, replicas, device.type, self.counts_nonfinite)
         self.strategy: ProbeStrategy
-        if fused and HOST_REDUCTIONS and device.type == "cpu" and not self.counts_nonfinite:
+        if kind is NumpyHostProbe:
             self.strategy = NumpyHostProbe(specs, replicas)
-        elif fused:
+        elif kind is FusedTorchProbe:
             self.strategy = FusedTorchProbe(specs, replicas, device, dtype, self.counts_nonfinite)
         else:
             self.strategy = PerTensorProbe(specs, replicas, device, dtype, self.counts_nonfinite)

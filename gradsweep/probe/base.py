@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -11,8 +12,13 @@ from gradsweep.probe.layout import PackedLayout, S
 
 
 class ProbeStrategy(ABC):
-    """One way of reducing a fixed list of tensors (leading dim: replica) to a packed vector."""
+    """One way of reducing a fixed list of tensors (leading dim: replica) to a packed vector.
 
+    `name` is the statistics path a run file's footer records (`stats_path`): strategies
+    round differently, so it is one of the things that decide a run's bits.
+    """
+
+    name: ClassVar[str]
     layout: PackedLayout
 
     @abstractmethod

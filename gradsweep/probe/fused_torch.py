@@ -54,6 +54,8 @@ class FusedBuffers:
 class FusedTorchProbe(SegmentStrategy):
     """All tensors in one float64 buffer (K, segments' elements), reduced by segment."""
 
+    name = "fused-torch"
+
     def __init__(
         self,
         specs: list[TensorSpec],

@@ -49,6 +49,8 @@ class HostSegments:
 class NumpyHostProbe(SegmentStrategy):
     """All tensors flattened into one float64 array, reduced by segment with numpy's reduceat."""
 
+    name = "numpy-host"
+
     def __init__(self, specs: list[TensorSpec], replicas: int) -> None:
         self.layout = PackedLayout(tuple(specs), replicas, SEGMENT_BLOCKS)
         sizes = [s.numel for s in specs] + [specs[i].numel for i in self.layout.param_index]

@@ -124,6 +124,8 @@ def _exact_moments(row: np.ndarray, prefix: str, values: torch.Tensor) -> None:
 class PerTensorProbe(ProbeStrategy):
     """Reductions along the last dim of each stack of same-sized tensors."""
 
+    name = "per-tensor"
+
     def __init__(
         self,
         specs: list[TensorSpec],
