@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,13 +16,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.allocator import keep_freed_memory
+from gradsweep.cli import REFUSED, RUNS_FAILED, failure_line, run_command
 from gradsweep.config import ConfigValueError, register_configs
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
 from gradsweep.group_plan import GROUP_ENV, POSITION_ENV, decode_members
 from gradsweep.groups import ReplicaGroupRun
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.run_plan import PlannedRun, plan_runs, write_failure
-from gradsweep.store import FAILURE_FILE, is_complete, run_metadata, write_run
+from gradsweep.store import (
+    FAILURE_FILE,
+    is_complete,
+    remove_stale_temporaries,
+    run_metadata,
+    write_run,
+)
 from gradsweep.summary import footer_metrics
 
 log = logging.getLogger("gradsweep")
@@ -29,16 +38,29 @@ register_configs()
 
 
 def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
-    """Clear what an earlier attempt left; give a group member its own .hydra record."""
+    """Remove temporary files whose writer is gone; give a group member its own .hydra record.
+
+    A FAILED.txt of an earlier attempt stays until the run's file is in place.
+    """
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / FAILURE_FILE).unlink(missing_ok=True)
-    for stale in run.run_dir.glob(f".{run.stats_path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(run.stats_path)
     if not own_job:
         record = run.run_dir / ".hydra"
         record.mkdir(exist_ok=True)
         OmegaConf.save(run.cfg, record / "config.yaml")
         OmegaConf.save(OmegaConf.create(run.overrides), record / "overrides.yaml")
+
+
+def _incomplete(runs: list[PlannedRun]) -> list[int]:
+    """Indices of the runs without a complete file; a complete one's stale FAILED.txt is removed."""
+    pending = []
+    for i, run in enumerate(runs):
+        if is_complete(run.stats_path):
+            with contextlib.suppress(OSError):  # a read-only run dir: the complete file wins
+                (run.run_dir / FAILURE_FILE).unlink(missing_ok=True)
+        else:
+            pending.append(i)
+    return pending
 
 
 def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
@@ -58,7 +80,7 @@ def execute_runs(
 
     Returns (status, seconds) of each run.
     """
-    pending = [i for i, run in enumerate(runs) if not is_complete(run.stats_path)]
+    pending = _incomplete(runs)
     if not pending:
         return [("skipped (complete)", 0.0)] * len(runs)
     for i in pending:
@@ -75,11 +97,20 @@ def execute_runs(
     return outcomes
 
 
+def _exit_single_run(err: Exception, run: PlannedRun, error: str, recorded: bool) -> NoReturn:
+    """A single run's failure in one line on stderr; exit 2 for a user error, else 1."""
+    if isinstance(err, (ConfigValueError, DeviceUnavailableError)):
+        print(f"gradsweep: error: {err}", file=sys.stderr)
+        raise SystemExit(REFUSED) from None
+    print(failure_line(error, run.run_dir, recorded), file=sys.stderr)
+    raise SystemExit(RUNS_FAILED) from None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://gradsweep.conf", config_name="config")
-def main(cfg: DictConfig) -> list[str]:
+def task(cfg: DictConfig) -> list[str]:
     """Hydra task: one run, or one replica group of a sweep.
 
-    Failures are written to each run dir, then raised.
+    Failures are written to each run dir, then raised (a single run exits).
     """
     keep_freed_memory()
     hydra_cfg = HydraConfig.get()
@@ -97,11 +128,10 @@ def main(cfg: DictConfig) -> list[str]:
         outcomes = execute_runs(runs, bar)
     except Exception as err:
         tb = traceback.format_exc()
-        for run in runs:
-            write_failure(run, tb.strip().splitlines()[-1], tb)
-        if not multirun and isinstance(err, (ConfigValueError, DeviceUnavailableError)):
-            print(f"gradsweep: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        error = tb.strip().splitlines()[-1]
+        recorded = [write_failure(run, error, tb) for run in runs]
+        if not multirun:
+            _exit_single_run(err, runs[0], error, recorded[0])
         for offset, run in enumerate(runs):
             log.error(
                 run_line(
@@ -120,6 +150,11 @@ def main(cfg: DictConfig) -> list[str]:
         )
         log.info(run_line(index + offset, total, run.overrides, seconds, status + note))
     return [status for status, _ in outcomes]
+
+
+def main() -> None:
+    """The `gradsweep` command: the Hydra task, with the exit statuses of `gradsweep.cli`."""
+    run_command(task)
 
 
 if __name__ == "__main__":
