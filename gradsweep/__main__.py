@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradsweep.allocator import keep_freed_memory
+from gradsweep.cli import REFUSED, RUNS_FAILED, failure_line, run_command
 from gradsweep.config import ConfigValueError, register_configs, run_values
 from gradsweep.execution import Resume, apply_threads, plan_resume
 from gradsweep.experiment import DeviceUnavailableError, GradientFlowRun, RunResult
@@ -21,7 +24,12 @@ from gradsweep.group_plan import GROUP_ENV, POSITION_ENV, decode_members
 from gradsweep.groups import ReplicaGroupRun
 from gradsweep.progress import ProgressBar, parse_position, run_line
 from gradsweep.run_plan import PlannedRun, plan_runs, write_failure
-from gradsweep.store import FAILURE_FILE, run_metadata, write_run
+from gradsweep.store import (
+    FAILURE_FILE,
+    remove_stale_temporaries,
+    run_metadata,
+    write_run,
+)
 from gradsweep.summary import footer_metrics
 
 log = logging.getLogger("gradsweep")
@@ -33,16 +41,24 @@ UNRECORDED_KEYS = ("hydra", "redo_mismatched")
 
 
 def _prepare_dir(run: PlannedRun, own_job: bool) -> None:
-    """Clear what an earlier attempt left; give a group member its own .hydra record."""
+    """Remove temporary files whose writer is gone; give a group member its own .hydra record.
+
+    A FAILED.txt of an earlier attempt stays until the run's file is in place.
+    """
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / FAILURE_FILE).unlink(missing_ok=True)
-    for stale in run.run_dir.glob(f".{run.stats_path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(run.stats_path)
     if not own_job:
         record = run.run_dir / ".hydra"
         record.mkdir(exist_ok=True)
         OmegaConf.save(run.cfg, record / "config.yaml")
         OmegaConf.save(OmegaConf.create(run.overrides), record / "overrides.yaml")
+
+
+def _clear_stale_failures(kept: list[PlannedRun]) -> None:
+    """A complete run file wins: remove the FAILED.txt an earlier or concurrent attempt left."""
+    for run in kept:
+        with contextlib.suppress(OSError):  # a read-only run dir: the complete file wins anyway
+            (run.run_dir / FAILURE_FILE).unlink(missing_ok=True)
 
 
 def _write(run: PlannedRun, result: RunResult, summary: str) -> str:
@@ -67,6 +83,7 @@ def execute_runs(
     threads = apply_threads(runs[0].cfg.threads)  # before any torch work of the job
     resume = _resume(runs, threads)
     pending = [i for i, decision in enumerate(resume) if decision.run]
+    _clear_stale_failures([run for i, run in enumerate(runs) if i not in pending])
     if not pending:
         return [(decision.status(), 0.0) for decision in resume]
     for i in pending:
@@ -92,11 +109,20 @@ def _resume(runs: list[PlannedRun], threads: int) -> list[Resume]:
     return plan_resume([run.stats_path for run in runs], members, threads, redo)
 
 
+def _exit_single_run(err: Exception, run: PlannedRun, error: str, recorded: bool) -> NoReturn:
+    """A single run's failure in one line on stderr; exit 2 for a user error, else 1."""
+    if isinstance(err, (ConfigValueError, DeviceUnavailableError)):
+        print(f"gradsweep: error: {err}", file=sys.stderr)
+        raise SystemExit(REFUSED) from None
+    print(failure_line(error, run.run_dir, recorded), file=sys.stderr)
+    raise SystemExit(RUNS_FAILED) from None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://gradsweep.conf", config_name="config")
-def main(cfg: DictConfig) -> list[str]:
+def task(cfg: DictConfig) -> list[str]:
     """Hydra task: one run, or one replica group of a sweep.
 
-    Failures are written to each run dir, then raised.
+    Failures are written to each run dir, then raised (a single run exits).
     """
     keep_freed_memory()
     hydra_cfg = HydraConfig.get()
@@ -114,11 +140,10 @@ def main(cfg: DictConfig) -> list[str]:
         outcomes = execute_runs(runs, bar)
     except Exception as err:
         tb = traceback.format_exc()
-        for run in runs:
-            write_failure(run, tb.strip().splitlines()[-1], tb)
-        if not multirun and isinstance(err, (ConfigValueError, DeviceUnavailableError)):
-            print(f"gradsweep: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        error = tb.strip().splitlines()[-1]
+        recorded = [write_failure(run, error, tb) for run in runs]
+        if not multirun:
+            _exit_single_run(err, runs[0], error, recorded[0])
         for offset, run in enumerate(runs):
             log.error(
                 run_line(
@@ -137,6 +162,11 @@ def main(cfg: DictConfig) -> list[str]:
         )
         log.info(run_line(index + offset, total, run.overrides, seconds, status + note))
     return [status for status, _ in outcomes]
+
+
+def main() -> None:
+    """The `gradsweep` command: the Hydra task, with the exit statuses of `gradsweep.cli`."""
+    run_command(task)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -138,6 +139,22 @@ _POSITIVE_INT = (
 )
 
 
+# The float-valued run keys, from their types: each one's value must be finite.
+FLOAT_KEYS: tuple[str, ...] = tuple(
+    key
+    for key, kind in get_type_hints(RunConfig).items()
+    if kind is float or float in get_args(kind)
+)
+# What a float key holds besides being finite: a test and the words for it.
+_FLOAT_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "init_scale": (lambda x: x > 0, "a finite number > 0"),
+    "lr": (lambda x: x > 0, "a finite number > 0"),
+    "clip": (lambda x: x > 0, "null (no clipping) or a finite number > 0"),
+    "momentum": (lambda x: 0 <= x < 1, "in [0, 1)"),
+}
+_ANY_FINITE = (lambda x: True, "a finite number")
+
+
 class ConfigValueError(ValueError):
     """A configuration value outside its valid range; the message names key, value and range."""
 
@@ -193,6 +210,15 @@ def resolve_threads(value: Any) -> int:
     return value
 
 
+def _check_float(key: str, value: float | None) -> None:
+    """A float key's value is finite and in its range (None only where the type allows it)."""
+    if value is None:
+        return
+    accept, valid = _FLOAT_RANGES.get(key, _ANY_FINITE)
+    if not (math.isfinite(value) and accept(value)):
+        raise ConfigValueError(f"{key}={value!r} is invalid: {key} must be {valid}")
+
+
 def validate(cfg: Any) -> dict[str, Any]:
     """Check numeric ranges that a type alone cannot express; return the plain values."""
     resolve_threads(_getter(cfg)("threads", AppConfig.threads))
@@ -202,15 +228,8 @@ def validate(cfg: Any) -> dict[str, Any]:
             raise ConfigValueError(f"{key}={v[key]!r} is invalid: {key} must be an integer >= 1")
     if v["steps"] < 0:
         raise ConfigValueError(f"steps={v['steps']!r} is invalid: steps must be an integer >= 0")
-    for key in ("init_scale", "lr"):
-        if not v[key] > 0:
-            raise ConfigValueError(f"{key}={v[key]!r} is invalid: {key} must be a number > 0")
-    if v["clip"] is not None and not v["clip"] > 0:
-        raise ConfigValueError(
-            f"clip={v['clip']!r} is invalid: clip must be null (no clipping) or a number > 0"
-        )
-    if not 0 <= v["momentum"] < 1:
-        raise ConfigValueError(f"momentum={v['momentum']!r} is invalid: momentum must be in [0, 1)")
+    for key in FLOAT_KEYS:
+        _check_float(key, v[key])
     if v["batchnorm"] and v["batch_size"] < 2:
         raise ConfigValueError(
             f"batch_size={v['batch_size']} is invalid: batch_size must be >= 2 with batchnorm=true"
@@ -220,6 +239,23 @@ def validate(cfg: Any) -> dict[str, Any]:
             f"seed={v['seed']}, data_seed={v['data_seed']} is invalid: seeds must be integers >= 0"
         )
     return v
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_sweeper_options(group_size: Any, max_batch_size: Any) -> None:
+    """`hydra.sweeper.group_size` is an integer >= 1, `max_batch_size` null or an integer >= 1."""
+    if not _is_count(group_size):
+        raise ConfigValueError(
+            f"hydra.sweeper.group_size={group_size!r} is invalid: it must be an integer >= 1"
+        )
+    if max_batch_size is not None and not _is_count(max_batch_size):
+        raise ConfigValueError(
+            f"hydra.sweeper.max_batch_size={max_batch_size!r} is invalid: "
+            "it must be null (every job in one batch) or an integer >= 1"
+        )
 
 
 def run_key(cfg: Any) -> str:

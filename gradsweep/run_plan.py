@@ -6,7 +6,7 @@ records failures of jobs which never reported back) uses it too.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +18,6 @@ from omegaconf import DictConfig
 from gradsweep.config import run_dirname, run_key, run_values
 from gradsweep.group_plan import member_config, member_overrides
 from gradsweep.schema import FAILURE_FILE
-
-log = logging.getLogger("gradsweep")
 
 
 @dataclass
@@ -66,19 +64,29 @@ def failure_text(run: PlannedRun, error: str, details: str) -> str:
 
 
 def write_failure(run: PlannedRun, error: str, details: str) -> bool:
-    """Write the run's FAILED.txt whole or not at all; False where it could not be written.
+    """Write the run's FAILED.txt whole or not at all; False where it was not written.
 
     Written under a temporary name and renamed, so a full disk leaves no empty or
-    truncated record.
+    truncated record. Never left beside a complete run file: none is written
+    where one exists, and one written while a concurrent sweep completed the
+    run is removed again (that sweep's writer removes it too, once its file is
+    in place).
     """
+    from gradsweep.store import is_complete, temporary_path  # pyarrow, once a run has failed
+
     path = run.run_dir / FAILURE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if is_complete(run.stats_path):
+        return False
+    tmp = temporary_path(path)
     try:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         tmp.write_text(failure_text(run, error, details))
         os.replace(tmp, path)
-    except OSError as err:
-        log.warning(f"could not write {path}: {err}")
-        tmp.unlink(missing_ok=True)
+    except OSError:  # the caller says that there is none
+        with contextlib.suppress(OSError):  # a read-only dir refuses even this
+            tmp.unlink(missing_ok=True)
+        return False
+    if is_complete(run.stats_path):
+        path.unlink(missing_ok=True)
         return False
     return True

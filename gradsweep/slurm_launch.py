@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.core.utils import JobReturn, filter_overrides
+from omegaconf import OmegaConf
 
-from gradsweep.group_plan import GROUP_ENV, decode_members
-from gradsweep.run_plan import plan_runs, write_failure
+from gradsweep.job_failure import failed_return
 from gradsweep.slurm_jobs import SlurmStates, wait_for_jobs
-from gradsweep.store import is_complete
 
 log = logging.getLogger(__name__)
 
@@ -53,45 +51,11 @@ def make_executor(params: dict[str, Any]) -> Any:
     return executor
 
 
-def _job_config(launcher: Any, overrides: Sequence[str], job_num: int) -> DictConfig:
-    """The job's composed config, its run dir in hydra.runtime.output_dir as run_job sets it."""
-    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-    with open_dict(cfg):
-        cfg.hydra.job.num = job_num
-        run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        cfg.hydra.runtime.output_dir = str(run_dir.absolute())
-    return cfg
-
-
-def write_failures(cfg: DictConfig, overrides: Sequence[str], error: str, details: str) -> None:
-    """FAILED.txt, as a failed run writes it, in each run dir of the job without a complete file."""
-    runs = plan_runs(
-        cfg,
-        Path(cfg.hydra.runtime.output_dir),
-        filter_overrides(overrides),
-        decode_members(cfg.hydra.job.env_set.get(GROUP_ENV)),
-    )
-    for run in runs:
-        if not is_complete(run.stats_path):
-            write_failure(run, error, details)
-
-
-def failed_return(
+def failed(
     launcher: Any, overrides: Sequence[str], job_num: int, reason: str, details: str
 ) -> JobReturn:
     """A failed JobReturn for a job that left no result, and FAILED.txt in its run dirs."""
-    cfg = _job_config(launcher, overrides, job_num)
-    error = SlurmJobEnded(reason)
-    write_failures(cfg, overrides, f"{type(error).__name__}: {error}", details)
-    return JobReturn(
-        overrides=list(overrides),
-        cfg=OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]),
-        hydra_cfg=OmegaConf.masked_copy(cfg, ["hydra"]),
-        working_dir=os.getcwd(),
-        task_name=str(cfg.hydra.job.name),
-        status=JobStatus.FAILED,
-        _return_value=error,
-    )
+    return failed_return(launcher, overrides, job_num, SlurmJobEnded(reason), details)
 
 
 def _refusal(stderr: str) -> str:
@@ -162,7 +126,7 @@ def launch(
     ):
         log_file = job.paths.stdout
         if end is not None:
-            returns.append(failed_return(launcher, overrides, idx, end, f"log: {log_file}"))
+            returns.append(failed(launcher, overrides, idx, end, f"log: {log_file}"))
             continue
         try:
             outcome, value = pickle_load(job.paths.result_pickle)
@@ -173,5 +137,5 @@ def launch(
             continue
         lines = str(value).strip().splitlines()
         reason = f"Slurm job {job.job_id} failed outside the run: {lines[-1] if lines else '?'}"
-        returns.append(failed_return(launcher, overrides, idx, reason, f"{value}\nlog: {log_file}"))
+        returns.append(failed(launcher, overrides, idx, reason, f"{value}\nlog: {log_file}"))
     return returns

@@ -2,6 +2,8 @@
 
 A run file is written under a temporary name in the same directory and renamed
 into place only once complete, so a file under the final name is always whole.
+The temporary name carries its writer's host and pid, so that a sweep removes
+only temporary files whose writer is gone, never one another sweep is writing.
 `RunSet` reads any number of run files as one pyarrow dataset, so every
 consumer reads only the columns and rows it needs; files it cannot use are
 listed as problems by path, never dropped silently.
@@ -9,8 +11,11 @@ listed as problems by path, never dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,23 +87,83 @@ def run_table(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=RUN_SCHEMA, preserve_index=False)
 
 
+WRITE_DELAY_ENV = "GRADSWEEP_WRITE_DELAY"
+
+
+def temporary_path(path: Path, host: str | None = None, pid: int | None = None) -> Path:
+    """Where `path` is written before its rename: `.NAME.HOST.PID.tmp`, naming its writer."""
+    host = socket.gethostname() if host is None else host
+    return path.with_name(f".{path.name}.{host}.{os.getpid() if pid is None else pid}.tmp")
+
+
+def _writer(tmp: Path, path: Path) -> tuple[str, int] | None:
+    """(host, pid) of the process that writes `tmp`, a temporary file of `path`; else None."""
+    prefix, suffix = f".{path.name}.", ".tmp"
+    if not (tmp.name.startswith(prefix) and tmp.name.endswith(suffix)):
+        return None
+    host, _, pid = tmp.name[len(prefix) : -len(suffix)].rpartition(".")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files of `path` whose writer is gone; return them.
+
+    Only this host's writers can be checked, so another host's temporary file
+    (a run dir on a shared file system) is left alone, and so is one whose
+    writer still runs: another sweep may be writing the same run.
+    """
+    path = Path(path)
+    host = socket.gethostname()
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        writer = _writer(tmp, path)
+        if writer is not None and writer[0] == host and not _is_alive(writer[1]):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _write_delay() -> float:
+    """Test hook: seconds `GRADSWEEP_WRITE_DELAY` holds a temporary file open before its rename."""
+    return float(os.environ.get(WRITE_DELAY_ENV) or 0.0)
+
+
 def write_run(frame: pd.DataFrame, path: str | Path, metadata: dict[str, str]) -> Path:
-    """Write `frame` to `path` atomically, with `metadata` under the `gradsweep.` prefix."""
+    """Write `frame` to `path` atomically, with `metadata` under the `gradsweep.` prefix.
+
+    Once the file is in place, a FAILED.txt beside it (an earlier attempt's, or a
+    concurrent sweep's) is removed: a complete run file wins over a failure record.
+    """
     path = Path(path)
     table = run_table(frame)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(table.schema.metadata or {})
     meta.update({f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in metadata.items()})
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
+    delay = _write_delay()
     try:
         with open(tmp, "wb") as handle:
             pq.write_table(table, handle, compression="zstd")
             handle.flush()
             os.fsync(handle.fileno())
+            if delay > 0:
+                time.sleep(delay)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone, or a read-only dir: the error is raised
+            tmp.unlink(missing_ok=True)
+    (path.parent / FAILURE_FILE).unlink(missing_ok=True)
     return path
 
 
@@ -161,11 +226,12 @@ def _failure_line(path: Path) -> str:
 
 
 def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
-    """Run files under sweep dirs, run dirs or given directly; runs with FAILED.txt are problems.
+    """Run files under sweep dirs, run dirs or given directly; failed runs are problems.
 
-    A FAILED.txt means the latest attempt of that run raised, so a run file next
-    to it is stale and is not read. A file reached through several of `paths`
-    (a sweep dir and a run dir inside it) is listed once.
+    A complete run file wins over a FAILED.txt beside it (left by an attempt
+    that failed before, or by a concurrent sweep); a FAILED.txt without one, or
+    beside an incomplete one, makes the run a problem. A file reached through
+    several of `paths` (a sweep dir and a run dir inside it) is listed once.
     """
     files: list[Path] = []
     problems: list[Problem] = []
@@ -179,13 +245,14 @@ def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Proble
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             here = Path(dirpath)
-            if FAILURE_FILE in filenames:
-                stale = " (stale grad_stats.parquet ignored)" if STATS_FILE in filenames else ""
+            stats = here / STATS_FILE
+            if STATS_FILE in filenames and (FAILURE_FILE not in filenames or is_complete(stats)):
+                files.append(stats)
+            elif FAILURE_FILE in filenames:
+                stale = " (incomplete run file ignored)" if STATS_FILE in filenames else ""
                 problems.append(
                     Problem(str(here), "failed", _failure_line(here / FAILURE_FILE) + stale)
                 )
-            elif STATS_FILE in filenames:
-                files.append(here / STATS_FILE)
     first: dict[Path, Path] = {}
     for path in files:
         first.setdefault(path.resolve(), path)

@@ -18,6 +18,9 @@
   non-zero (BasicSweeper stops at the first failed job of a batch), and says
   how many complete runs were kept though written otherwise
   (`gradsweep.execution`).
+  non-zero (BasicSweeper stops at the first failed job of a batch); a job
+  that fails outside its task, so that the launcher raises (Hydra cannot
+  write its run dir), fails alone too.
 
 Hydra finds it through the thin plugin in `hydra_plugins.gradsweep_sweeper`,
 which imports this module only when a sweep starts. Planning a sweep needs no
@@ -29,17 +32,19 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gradsweep.config import EXECUTION_KEYS, ConfigValueError, validate
+from gradsweep.cli import CannotStart, one_line
+from gradsweep.config import EXECUTION_KEYS, ConfigValueError, check_sweeper_options, validate
 from gradsweep.group_plan import (
     GROUP_ENV,
     POSITION_ENV,
@@ -58,7 +63,10 @@ from gradsweep.hydra_internals import (
     is_config_group,
     sweeper_params,
 )
+from gradsweep.job_failure import failed_return
 from gradsweep.progress import kept_otherwise_note
+from gradsweep.run_plan import plan_runs
+from gradsweep.schema import FAILURE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +93,8 @@ class GradsweepSweeper(BasicSweeper):
         params: dict[str, str] | None = None,
         group_size: int = 1,
     ) -> None:
+        check_sweeper_options(group_size, max_batch_size)
         super().__init__(max_batch_size=max_batch_size, params=params)
-        if group_size < 1:
-            raise ValueError(
-                f"hydra.sweeper.group_size={group_size} is invalid: it must be an integer >= 1"
-            )
         self.group_size = group_size
         self.plans: list[JobPlan] = []
         self._members: dict[tuple, list[list[str]]] = {}
@@ -139,7 +144,7 @@ class GradsweepSweeper(BasicSweeper):
                 try:
                     validate(cfg)
                 except ConfigValueError as err:
-                    where = " ".join(overrides if member is None else member)
+                    where = " ".join(filter_overrides(overrides) if member is None else member)
                     raise ConfigCompositionException(f"{err} (job overrides: {where})") from None
 
     def _plan(self, arguments: list[str]) -> list[list[str]]:
@@ -170,20 +175,94 @@ class GradsweepSweeper(BasicSweeper):
             position += plan.n_runs
         return launched
 
+    def _create_sweep_dir(self) -> None:
+        """The sweep dir and its multirun.yaml, or one line saying why they cannot be written."""
+        assert self.config is not None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        except OSError as err:
+            raise CannotStart(
+                f"cannot write the sweep dir {sweep_dir}: {err.strerror or err}"
+            ) from None
+
+    def _restore_logging(self) -> None:
+        """Hydra's console logging, as launchers set it between jobs.
+
+        A job that failed inside Hydra's run_job leaves logging writing to its own
+        log file, in the run dir that failed (full, read-only).
+        """
+        assert self.config is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+    def _launch(self, batch: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
+        """Launch a batch; if the launcher raises, its jobs one at a time, each failing alone.
+
+        A launcher raises for the whole batch when one job fails outside its task
+        (Hydra cannot write its `.hydra/` record or log, a joblib worker dies): the
+        jobs are then launched again one by one, runs that completed meanwhile are
+        skipped as complete, and a job the launcher raises for becomes a failed run.
+        """
+        assert self.launcher is not None
+        began = time.time()
+        try:
+            return list(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+        except Exception as err:
+            self._restore_logging()
+            log.warning(
+                f"gradsweep: the launcher stopped ({one_line(err)}); launching the batch's "
+                f"{len(batch)} jobs one at a time"
+            )
+        return [
+            self._recount(job, self._launch_one(job, initial_job_idx + i), began)
+            for i, job in enumerate(batch)
+        ]
+
+    def _recount(self, job: list[str], result: JobReturn, since: float) -> JobReturn:
+        """A relaunched job whose runs the stopped launcher completed: their status, not skipped.
+
+        A run file written since the batch began is this sweep's (or a concurrent
+        one's) work, so it counts as its footer's status, as it would have.
+        """
+        if result.status != JobStatus.COMPLETED or result.hydra_cfg is None:
+            return result
+        runs = plan_runs(
+            result.cfg,
+            Path(result.hydra_cfg.hydra.runtime.output_dir),
+            filter_overrides(job),
+            self._members.get(tuple(job), []),
+        )
+        result.return_value = [
+            written_status(run.stats_path, since) if status.startswith("skipped") else status
+            for run, status in zip(runs, result.return_value)
+        ]
+        return result
+
+    def _launch_one(self, job: list[str], idx: int) -> JobReturn:
+        """One job; an exception the launcher raises becomes its failed JobReturn."""
+        assert self.launcher is not None
+        try:
+            (result,) = self.launcher.launch([job], initial_job_idx=idx)
+        except Exception as err:
+            self._restore_logging()
+            details = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            log.error(f"failed: {' '.join(filter_overrides(job))}: {one_line(err)}")
+            return failed_return(self, job, idx, err, details)
+        return result
+
     def sweep(self, arguments: list[str]) -> Any:
         """Validate all jobs, launch them batch by batch, report; exit non-zero on any failure."""
         assert self.config is not None and self.launcher is not None
         launch_batches = batches(self._plan(arguments), self.max_batch_size)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         for batch in launch_batches:
             self.validate_batch_is_legal(batch)
+        self._create_sweep_dir()
         start = time.perf_counter()
         returns: list[Sequence[JobReturn]] = []
         initial_job_idx = 0
         for batch in launch_batches:
-            returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+            returns.append(self._launch(batch, initial_job_idx))
             initial_job_idx += len(batch)
         self._report([r for results in returns for r in results], time.perf_counter() - start)
         return returns
@@ -207,13 +286,10 @@ class GradsweepSweeper(BasicSweeper):
         if not failed:
             return
         for result in failed:
-            run_dir = (
-                result.hydra_cfg.hydra.runtime.output_dir if result.hydra_cfg is not None else "?"
-            )
             error = failed_job_error(result)
             log.error(
                 f"failed: {' '.join(filter_overrides(result.overrides))}: "
-                f"{type(error).__name__}: {error} (traceback in {run_dir}/FAILED.txt)"
+                f"{one_line(error)} ({_failure_record(result)})"
             )
         raise SystemExit(
             f"gradsweep: {counts['failed']} of {total} runs failed; "
@@ -232,3 +308,23 @@ def _note_kept_otherwise(results: list[JobReturn]) -> None:
     note = kept_otherwise_note(statuses)
     if note is not None:
         log.warning(note)
+
+
+def _failure_record(result: JobReturn) -> str:
+    """Where a failed job's traceback is: its FAILED.txt, or why there is none."""
+    if result.hydra_cfg is None:
+        return "its run dir is unknown"
+    failed = Path(result.hydra_cfg.hydra.runtime.output_dir) / FAILURE_FILE
+    return f"traceback in {failed}" if failed.exists() else f"no {FAILURE_FILE} could be written"
+
+
+def written_status(path: Path, since: float) -> str:
+    """The footer status of a run file written since `since`; else "skipped (complete)"."""
+    from gradsweep.store import read_metadata  # pyarrow, only after a launcher stopped
+
+    try:
+        if path.stat().st_mtime >= since:
+            return read_metadata(path).get("status", "ok")
+    except OSError:
+        pass
+    return "skipped (complete)"

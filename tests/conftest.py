@@ -6,6 +6,8 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +60,30 @@ THREE_AXES = ["act=sigmoid,relu", "depth=3,5", "batchnorm=false,true", "replicas
 def three_axis_sweep(make_sweep) -> Path:
     """A real multirun over act x depth x batchnorm: 8 runs of 2 replicas, 3 logged steps."""
     return make_sweep("three_axes", *THREE_AXES)
+
+
+@contextmanager
+def mounted_tmpfs(path: Path, size: str = "64k", read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` at `path`, or a read-only one: a full or read-only disk, even for root.
+
+    Skips the test where mounting is not permitted (not root, no CAP_SYS_ADMIN).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    try:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command: cannot simulate a full or read-only disk")
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to simulate a full or read-only disk: {mount.stderr}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 from gradsweep import theory
 from gradsweep.config import (
     CHOICES,
+    FLOAT_KEYS,
     Activation,
     AppConfig,
     BiasInit,
@@ -19,6 +22,7 @@ from gradsweep.config import (
     RunConfig,
     available_cores,
     check_choice,
+    check_sweeper_options,
     resolve_threads,
     run_dirname,
     run_key,
@@ -64,6 +68,36 @@ def test_threads_resolve_to_a_count_and_are_not_part_of_the_run_key() -> None:
     app = AppConfig(threads=4, redo_mismatched=True)
     assert validate(app) == run_values(RunConfig())
     assert run_key(app) == run_key(RunConfig()) and run_dirname(app) == run_dirname(RunConfig())
+
+
+def test_the_float_keys_come_from_the_schema_types() -> None:
+    assert FLOAT_KEYS == ("init_scale", "clip", "lr", "momentum")
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_every_float_key_refuses_infinite_and_nan_values(key: str, value: float) -> None:
+    with pytest.raises(ConfigValueError) as err:
+        validate({**run_values(RunConfig()), key: value})
+    message = str(err.value)
+    assert message.startswith(f"{key}={value!r} is invalid: {key} must be ")
+    assert "finite" in message or "[0, 1)" in message
+
+
+@pytest.mark.parametrize(
+    ("group_size", "max_batch_size", "needle"),
+    [
+        (0, None, "hydra.sweeper.group_size=0 is invalid: it must be an integer >= 1"),
+        (True, None, "hydra.sweeper.group_size=True is invalid"),
+        (1, 0, "hydra.sweeper.max_batch_size=0 is invalid: it must be null"),
+        (2, -5, "hydra.sweeper.max_batch_size=-5 is invalid"),
+    ],
+)
+def test_sweeper_options_are_checked(group_size, max_batch_size, needle: str) -> None:
+    check_sweeper_options(4, None)
+    check_sweeper_options(1, 8)
+    with pytest.raises(ConfigValueError, match=re.escape(needle)):
+        check_sweeper_options(group_size, max_batch_size)
 
 
 def test_defaults_are_valid_and_reproduce_the_exercise() -> None:

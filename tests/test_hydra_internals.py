@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
+from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -163,3 +167,76 @@ def test_failed_job_error_is_the_exception_the_job_raised(internals) -> None:
     result = JobReturn(status=JobStatus.FAILED)
     result.return_value = error
     assert internals.failed_job_error(result) is error, changed(api, "other value")
+
+
+def test_exceptions_raised_makes_run_and_report_raise_the_error_itself(
+    internals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = "hydra._internal.utils.run_and_report (HYDRA_FULL_ERROR)"
+    utils = importlib.import_module("hydra._internal.utils")
+    run_and_report = require(utils, "run_and_report", api)
+    error = ConfigCompositionException("bad override")
+    monkeypatch.delenv(internals.FULL_ERROR_ENV, raising=False)
+
+    def fail() -> None:
+        raise error
+
+    with pytest.raises(SystemExit):
+        run_and_report(fail)
+        pytest.fail(changed(api, "an error no longer exits"), pytrace=False)
+    with internals.exceptions_raised(), pytest.raises(ConfigCompositionException) as raised:
+        run_and_report(fail)
+    assert raised.value is error, changed(api, "the error is not raised as it is")
+    assert internals.FULL_ERROR_ENV not in os.environ, "the environment is not restored"
+
+
+def test_a_callback_stops_hydra_only_with_system_exit(internals, capsys) -> None:
+    api = "hydra._internal.callbacks.Callbacks._notify"
+    callbacks = importlib.import_module("hydra._internal.callbacks")
+    runner = require(callbacks, "Callbacks", "hydra._internal.callbacks.Callbacks")()
+
+    class Raising(Callback):
+        def on_run_start(self, config, **kwargs) -> None:
+            raise ValueError("swallowed")
+
+    class Stopping(Callback):
+        def on_run_start(self, config, **kwargs) -> None:
+            internals.stop_from_callback("gradsweep: error: depth=0 is invalid", 2)
+
+    runner.callbacks = [Raising()]
+    with pytest.warns(UserWarning, match="swallowed"):
+        runner.on_run_start(config=OmegaConf.create())
+    runner.callbacks = [Stopping()]
+    with pytest.raises(SystemExit) as stopped:
+        runner.on_run_start(config=OmegaConf.create())
+        pytest.fail(changed(api, "SystemExit from a callback is swallowed"), pytrace=False)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "gradsweep: error: depth=0 is invalid\n"
+
+
+def test_hydras_plugin_scan_redefines_core_plugins_so_basic_sweeper_is_imported_late(
+    internals, tmp_path: Path
+) -> None:
+    api = "hydra.core.plugins.Plugins (plugin scan of hydra._internal.core_plugins)"
+    code = (
+        "import sys, gradsweep.hydra_internals as internals\n"
+        "assert 'hydra._internal.core_plugins.basic_sweeper' not in sys.modules\n"
+        "early = internals.BasicSweeper\n"
+        "from hydra.core.plugins import Plugins\n"
+        "Plugins.instance()\n"
+        "late = sys.modules['hydra._internal.core_plugins.basic_sweeper'].BasicSweeper\n"
+        "print(early is late)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    if proc.stdout.strip() == "True":
+        pytest.fail(
+            changed(
+                api,
+                "the scan no longer redefines an imported class; a late import "
+                "of BasicSweeper in gradsweep/hydra_internals.py is no longer needed",
+            ),
+            pytrace=False,
+        )

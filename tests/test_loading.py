@@ -75,6 +75,7 @@ def damaged(layout, tmp_path: Path) -> dict[str, Path]:
     sweep = tmp_path / "sweep"
     shutil.copytree(layout["sweep"], sweep)
     failed = sorted(p.parent for p in sweep.glob(f"*/{STATS_FILE}"))[0]
+    (failed / STATS_FILE).unlink()
     (failed / FAILURE_FILE).write_text("RuntimeError: boom\nTraceback ...\n")
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(layout["file"].read_bytes()[:1500])
@@ -102,6 +103,21 @@ def test_failed_and_corrupt_runs_are_skipped_and_reported(damaged) -> None:
         warnings.simplefilter("error")
         quiet = gradsweep.load(*paths, problems="ignore")
     assert len(quiet.attrs["problems"]) == 2
+
+
+def test_a_complete_file_wins_over_a_failed_txt_beside_it(layout, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(layout["sweep"], sweep)
+    complete, truncated = sorted(p.parent for p in sweep.glob(f"*/{STATS_FILE}"))
+    for run in (complete, truncated):
+        (run / FAILURE_FILE).write_text("RuntimeError: boom\nTraceback ...\n")
+    (truncated / STATS_FILE).write_bytes((truncated / STATS_FILE).read_bytes()[:1500])
+    with pytest.warns(SkippedRunsWarning):
+        frame = gradsweep.load(sweep)
+    assert frame["run_key"].nunique() == 1
+    (problem,) = frame.attrs["problems"]
+    assert (problem.path, problem.kind) == (str(truncated), "failed")
+    assert problem.message == "RuntimeError: boom (incomplete run file ignored)"
 
 
 def test_no_readable_run_is_an_error(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None
         ("clip=0", ["clip=0", "clip must be null (no clipping) or a number > 0"]),
         ("threads=0", ["threads=0 is invalid", "an integer >= 1 or auto"]),
         ("threads=many", ["threads='many' is invalid", "an integer >= 1 or auto"]),
+        ("init_scale=-1", ["init_scale=-1", "init_scale must be a finite number > 0"]),
+        ("init_scale=inf", ["init_scale=inf", "init_scale must be a finite number > 0"]),
+        ("lr=nan", ["lr=nan", "lr must be a finite number > 0"]),
+        ("clip=0", ["clip=0", "clip must be null (no clipping) or a finite number > 0"]),
         ("foo=1", ["foo", "not in 'AppConfig'"]),
         ("depth=abc", ["depth=abc", "'abc'"]),
     ],
@@ -55,7 +59,8 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(
 ) -> None:
     sweep = tmp_path / "sweep"
     result = cli("-m", "act=sigmoid,tanh", override, f"hydra.sweep.dir={sweep}")
-    assert result.returncode != 0
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -80,7 +85,7 @@ def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(
 ) -> None:
     sweep = tmp_path / "sweep"
     result = cli("-m", *overrides, f"hydra.sweep.dir={sweep}")
-    assert result.returncode != 0 and needle in result.stderr, result.stderr
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not list(sweep.glob("*/grad_stats.parquet"))
 
@@ -91,7 +96,7 @@ def test_single_run_with_cuda_missing_fails_with_one_line(cli, tmp_path: Path) -
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     result = cli("device=cuda", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "device=cuda was requested but CUDA is not available" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "grad_stats.parquet").exists()

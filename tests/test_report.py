@@ -212,7 +212,10 @@ def test_markdown_summary_has_a_row_per_run(report) -> None:
 
 @pytest.fixture
 def damaged(smoke_sweep: Path, tmp_path: Path) -> Path:
-    """A copy of five runs: one refused (schema version 99), one truncated, one failed, 2 intact."""
+    """A copy of five runs: one refused (schema version 99), one truncated, one failed, 2 intact.
+
+    The failed run's attempt left an incomplete file beside its FAILED.txt.
+    """
     runs = sorted(smoke_sweep.glob("*/grad_stats.parquet"))[:5]
     for run in runs:
         shutil.copytree(run.parent, tmp_path / run.parent.name)
@@ -221,6 +224,7 @@ def damaged(smoke_sweep: Path, tmp_path: Path) -> Path:
     meta = {**table.schema.metadata, b"gradsweep.schema_version": b"99"}
     pq.write_table(table.replace_schema_metadata(meta), files[0])
     files[1].write_bytes(files[1].read_bytes()[:2000])
+    files[2].write_bytes(files[2].read_bytes()[:2000])
     (files[2].parent / FAILURE_FILE).write_text("RuntimeError: boom\nTraceback...\n")
     return tmp_path
 

@@ -1,12 +1,18 @@
-"""The run file: metadata, atomic write, completeness, schema version."""
+"""The run file: metadata, atomic write, completeness, schema version, concurrent writers."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, assert_same_run_file, run_sweep, stats_files, sweep_cmd
 
 import gradsweep.store as store
 from gradsweep.bins import N_HIST_BINS
@@ -82,3 +88,78 @@ def test_truncated_or_foreign_files_are_not_complete(
         store.read_run(old)
     assert not store.is_complete(tmp_path / "missing.parquet")
     assert store.complete_metadata(truncated) is None and store.complete_metadata(old) is None
+
+
+def test_a_temporary_file_names_its_writer_and_only_a_gone_writers_is_removed(
+    tmp_path: Path, frame: pd.DataFrame
+) -> None:
+    target = tmp_path / store.STATS_FILE
+    here = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    mine = store.temporary_path(target)
+    assert mine.name == f".{store.STATS_FILE}.{here}.{os.getpid()}.tmp"
+    writing = [mine, store.temporary_path(target, host="other-node", pid=gone.pid)]
+    stale = store.temporary_path(target, pid=gone.pid)
+    for tmp in [*writing, stale]:
+        tmp.write_bytes(b"PAR1 partial")
+    assert store.remove_stale_temporaries(target) == [stale]
+    assert sorted(tmp_path.iterdir()) == sorted(writing)
+
+
+def test_a_complete_file_clears_a_failure_record_beside_it(
+    tmp_path: Path, frame: pd.DataFrame
+) -> None:
+    (tmp_path / store.FAILURE_FILE).write_text("status: failed\nerror: OSError: disk full\n")
+    store.write_run(frame, tmp_path / store.STATS_FILE, store.run_metadata("", "cpu", "ok", "[]"))
+    assert [p.name for p in tmp_path.iterdir()] == [store.STATS_FILE]
+
+
+def test_the_write_delay_hook_holds_the_temporary_file_open(
+    tmp_path: Path, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(store.WRITE_DELAY_ENV, "0.5")
+    target = tmp_path / store.STATS_FILE
+    seen: list[list[str]] = []
+    writer = threading.Thread(target=store.write_run, args=(frame, target, {}))
+    writer.start()
+    time.sleep(0.25)
+    seen.append([p.name for p in tmp_path.iterdir()])
+    writer.join()
+    assert seen == [[store.temporary_path(target).name]]
+    assert [p.name for p in tmp_path.iterdir()] == [store.STATS_FILE]
+
+
+@pytest.mark.slow
+def test_identical_sweeps_started_at_once_into_one_dir_complete_every_run(
+    tmp_path: Path,
+) -> None:
+    overrides = ["act=sigmoid,relu,tanh", "depth=2,3", "steps=5"]
+    reference = tmp_path / "reference"
+    run_sweep(reference, *overrides)
+    expected = stats_files(reference)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", store.WRITE_DELAY_ENV: "0.3"}
+    for repetition in range(3):
+        shared = tmp_path / f"shared{repetition}"
+        procs = [
+            subprocess.Popen(
+                sweep_cmd(shared, *overrides),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+        for proc, output in zip(procs, outputs):
+            assert proc.returncode == 0, output[-3000:]
+        files = stats_files(shared)
+        assert files.keys() == expected.keys()
+        for name, path in files.items():
+            assert_same_run_file(expected[name], path)
+        assert not list(shared.glob(f"*/{store.FAILURE_FILE}"))
+        assert not list(shared.glob("*/.*.tmp"))
+        runs = store.RunSet([shared])
+        assert runs.problems == [] and len(runs.files) == len(expected)

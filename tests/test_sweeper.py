@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -10,9 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_same_sweep, run_sweep, stats_files, sweep_cmd
+from conftest import (
+    REPO,
+    assert_same_sweep,
+    mounted_tmpfs,
+    run_sweep,
+    stats_files,
+    sweep_cmd,
+)
 
-from gradsweep.store import read_run
+from gradsweep.config import RunConfig, run_dirname, run_values
+from gradsweep.store import FAILURE_FILE, read_run
 
 SWEEP = [
     "act=sigmoid,relu",
@@ -168,3 +177,69 @@ def test_slurm_preset_composes_with_documented_fields(tmp_path):
         "array_parallelism: 32",
     ):
         assert line in text
+
+
+def _one_line_failures(proc: subprocess.CompletedProcess) -> list[str]:
+    """The sweep's per-run failure lines; no traceback and no logging error anywhere."""
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output and "Logging error" not in output, output[-3000:]
+    return [line for line in proc.stdout.splitlines() if "] failed: " in line]
+
+
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
+def test_a_read_only_run_dir_fails_that_run_alone(tmp_path: Path, launcher: str) -> None:
+    overrides = ["act=sigmoid,relu,tanh", "steps=2"] + (
+        [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    )
+    relu = run_dirname({**run_values(RunConfig()), "act": "relu", "steps": 2})
+    with mounted_tmpfs(tmp_path / relu, read_only=True):
+        proc = run_sweep(tmp_path, *overrides, expect_rc=1)
+    assert "gradsweep: 3 runs in" in proc.stdout and "1 failed, 2 ok" in proc.stdout
+    failures = _one_line_failures(proc)
+    assert failures and all(
+        "act=relu steps=2: ValueError: Unable to configure" in f for f in failures
+    )
+    assert "Read-only file system" in failures[-1]
+    assert failures[-1].endswith("(no FAILED.txt could be written)")
+    assert sorted(stats_files(tmp_path)) == sorted(
+        run_dirname({**run_values(RunConfig()), "act": act, "steps": 2})
+        for act in ("sigmoid", "tanh")
+    )
+
+
+def test_a_full_disk_fails_the_runs_that_do_not_fit_and_the_sweep_reports(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", size="150k") as disk:
+        proc = run_sweep(disk, "act=sigmoid,relu,tanh", "depth=3,5", "steps=2", expect_rc=1)
+        complete = stats_files(disk)
+        records = {p.parent.name: p.read_text() for p in disk.glob(f"*/{FAILURE_FILE}")}
+    reported = [line for line in _one_line_failures(proc) if "FAILED.txt" in line]
+    failed = int(proc.stderr.split("gradsweep: ")[-1].split(" of 6 runs failed")[0])
+    assert "gradsweep: 6 runs in" in proc.stdout and f"{failed} failed" in proc.stdout
+    assert 1 <= len(complete) and 1 <= failed and len(complete) + failed == 6
+    assert len(reported) == failed and all("No space left on device" in f for f in reported)
+    assert all(text.startswith("status: failed\nerror: ") for text in records.values())
+    assert not set(records) & set(complete)
+
+
+def _limit_address_space() -> None:
+    """8 GiB of address space: torch starts, a 100000 x 100000 float32 weight (40 GB) cannot."""
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+def test_a_run_that_cannot_allocate_its_network_fails_alone(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        sweep_cmd(tmp_path, "width=20,100000", "depth=3", "steps=1"),
+        cwd=REPO,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        preexec_fn=_limit_address_space,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1
+    assert "gradsweep: 2 runs in" in proc.stdout and "1 failed, 1 ok" in proc.stdout
+    (failure,) = _one_line_failures(proc)
+    assert "width=100000 depth=3 steps=1: RuntimeError: " in failure
+    assert "can't allocate memory" in failure and "(traceback in " in failure
+    (record,) = tmp_path.glob(f"*/{FAILURE_FILE}")
+    assert record.read_text().startswith("status: failed\nerror: RuntimeError: ")
