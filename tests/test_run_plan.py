@@ -28,8 +28,9 @@ def test_a_failure_record_is_written_whole(tmp_path: Path) -> None:
 
 def test_no_failure_record_beside_a_complete_run_file(tmp_path: Path) -> None:
     run = planned(tmp_path)
-    stats = run_experiment(run.cfg).stats
-    write_run(stats, tmp_path / STATS_FILE, run_metadata("", "cpu", "ok", "[]"))
+    result = run_experiment(run.cfg)
+    meta = run_metadata("", result.execution.metadata(), "ok", "[]")
+    write_run(result.stats, tmp_path / STATS_FILE, meta)
     assert not write_failure(run, "FileNotFoundError: renamed by another sweep", "")
     assert [p.name for p in tmp_path.iterdir()] == [STATS_FILE]
 

@@ -108,10 +108,11 @@ def test_a_temporary_file_names_its_writer_and_only_a_gone_writers_is_removed(
 
 
 def test_a_complete_file_clears_a_failure_record_beside_it(
-    tmp_path: Path, frame: pd.DataFrame
+    tmp_path: Path, frame: pd.DataFrame, execution: dict
 ) -> None:
     (tmp_path / store.FAILURE_FILE).write_text("status: failed\nerror: OSError: disk full\n")
-    store.write_run(frame, tmp_path / store.STATS_FILE, store.run_metadata("", "cpu", "ok", "[]"))
+    meta = store.run_metadata("", execution, "ok", "[]")
+    store.write_run(frame, tmp_path / store.STATS_FILE, meta)
     assert [p.name for p in tmp_path.iterdir()] == [store.STATS_FILE]
 
 
