@@ -5,11 +5,15 @@
 An uninterrupted sweep is the reference. The same sweep is then started into a
 second dir and killed (its whole process group, launcher workers included) at
 random moments spread over its duration; half of the kills wait for a run file
-to be mid-write (a temporary file present; `GRADSWEEP_WRITE_DELAY` holds each
-write open long enough to hit). Each kill is followed by a resume, the same
-command into the same dir, until the sweep completes. Every run file is then
-compared with the reference exactly. Prints trials, kills that landed during a
-write, runs redone, files compared and differences (expected 0); exits 1 if any.
+to be mid-write (a new temporary file present; `GRADSWEEP_WRITE_DELAY` holds
+each write open long enough to hit). Each kill is followed by a resume, the
+same command into the same dir; a resume that completes the sweep before its
+kill comes has its files compared with the reference, and a new sweep starts,
+until `--kills` kills have landed mid-sweep. A last resume completes the sweep,
+and every run file is compared with the reference exactly (a leftover
+temporary file or FAILED.txt counts as a difference). Prints trials, kills that
+landed during a write, runs redone, files compared and differences (expected
+0); exits 1 if any.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,46 +80,64 @@ def in_progress(sweep_dir: Path) -> int:
     return sum(1 for d in started if not (d.parent / "grad_stats.parquet").exists())
 
 
-def chaos(work: Path, kills: int, launcher: str, seed: int) -> int:
-    rng = random.Random(seed)
-    reference, chaotic = work / "reference", work / "chaos"
-    began = time.perf_counter()
-    subprocess.run(sweep_command(reference, launcher), check=True, capture_output=True)
-    duration = time.perf_counter() - began
-    landed_in_write = redone = 0
-    for trial in range(kills):
-        during_write = trial % 2 == 1
-        proc = start(chaotic, launcher, delay=during_write)
-        deadline = time.perf_counter() + duration * 2
-        if during_write:
-            while proc.poll() is None and time.perf_counter() < deadline:
-                if any(chaotic.glob(TMP_GLOB)):
-                    break
-                time.sleep(0.002)
-        else:
-            time.sleep(rng.uniform(0.0, duration))
-        writing = any(chaotic.glob(TMP_GLOB))
-        finished = proc.poll() is not None
-        kill(proc)
-        landed_in_write += writing
-        redone += in_progress(chaotic)
-        print(
-            f"kill {trial + 1:2d}: {'after the sweep ended' if finished else 'mid-sweep'}"
-            f"{', during a write' if writing else ''}; "
-            f"{len(list(chaotic.glob(STATS_GLOB)))} run files complete",
-            flush=True,
-        )
-    subprocess.run(sweep_command(chaotic, launcher), check=True, capture_output=True)
+def compare_sweeps(reference: Path, chaotic: Path) -> tuple[int, int]:
+    """Files compared and differences: missing or extra files, values, leftovers."""
     before = {p.relative_to(reference): p for p in reference.glob(STATS_GLOB)}
     after = {p.relative_to(chaotic): p for p in chaotic.glob(STATS_GLOB)}
     differences = len(set(before) ^ set(after))
     for rel in sorted(set(before) & set(after)):
         differences += len(compare_file(before[rel], after[rel], set()))
     leftovers = list(chaotic.glob(TMP_GLOB)) + list(chaotic.glob("*/FAILED.txt"))
-    differences += len(leftovers)
+    return len(before), differences + len(leftovers)
+
+
+def chaos(work: Path, kills: int, launcher: str, seed: int) -> int:
+    """Kill, resume, repeat until `kills` kills landed mid-sweep; compare each finished sweep.
+
+    A resumed sweep may finish before its kill comes: that sweep is compared with
+    the reference and a new one started, so that the kills land all over a sweep.
+    """
+    rng = random.Random(seed)
+    reference, chaotic = work / "reference", work / "chaos"
+    began = time.perf_counter()
+    subprocess.run(sweep_command(reference, launcher), check=True, capture_output=True)
+    duration = time.perf_counter() - began
+    landed = landed_in_write = redone = compared = differences = 0
+    while landed < kills:
+        during_write = landed % 2 == 1
+        stale = set(chaotic.glob(TMP_GLOB))
+        proc = start(chaotic, launcher, delay=during_write)
+        deadline = time.perf_counter() + duration * 2
+        if during_write:
+            while proc.poll() is None and time.perf_counter() < deadline:
+                if set(chaotic.glob(TMP_GLOB)) - stale:
+                    break
+                time.sleep(0.002)
+        else:
+            time.sleep(rng.uniform(0.0, duration))
+        writing = bool(set(chaotic.glob(TMP_GLOB)) - stale)
+        finished = proc.poll() is not None
+        kill(proc)
+        if finished:
+            files, diffs = compare_sweeps(reference, chaotic)
+            compared, differences = compared + files, differences + diffs
+            print(f"the sweep ended before the kill: {files} files compared, {diffs} differences")
+            shutil.rmtree(chaotic)
+            continue
+        landed += 1
+        landed_in_write += writing
+        redone += in_progress(chaotic)
+        print(
+            f"kill {landed:2d}: mid-sweep{', during a write' if writing else ''}; "
+            f"{len(list(chaotic.glob(STATS_GLOB)))} run files complete",
+            flush=True,
+        )
+    subprocess.run(sweep_command(chaotic, launcher), check=True, capture_output=True)
+    files, diffs = compare_sweeps(reference, chaotic)
+    compared, differences = compared + files, differences + diffs
     print(
         f"launcher {launcher}: trials {kills}, kills during a write {landed_in_write}, "
-        f"runs redone {redone}, files compared {len(before)}, differences {differences}"
+        f"runs redone {redone}, files compared {compared}, differences {differences}"
     )
     return 1 if differences else 0
 

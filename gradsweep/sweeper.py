@@ -201,8 +201,9 @@ class GradsweepSweeper(BasicSweeper):
 
         A launcher raises for the whole batch when one job fails outside its task
         (Hydra cannot write its `.hydra/` record or log, a joblib worker dies): the
-        jobs are then launched again one by one, runs that completed meanwhile are
-        skipped as complete, and a job the launcher raises for becomes a failed run.
+        jobs are then launched again one by one; runs completed meanwhile are skipped
+        but counted with their own status, and a job the launcher raises for becomes
+        a failed run.
         """
         assert self.launcher is not None
         began = time.time()
@@ -325,6 +326,6 @@ def written_status(path: Path, since: float) -> str:
     try:
         if path.stat().st_mtime >= since:
             return read_metadata(path).get("status", "ok")
-    except OSError:
+    except (OSError, ValueError):  # gone or unreadable since: as the task saw it
         pass
     return "skipped (complete)"
