@@ -99,11 +99,19 @@ def one_line(err: BaseException) -> str:
     text = _joined(lines) or type(err).__name__
     if not isinstance(err, USER_ERRORS):
         text = f"{type(err).__name__}: {text}"
-    cause = err.__cause__
-    if cause is not None and str(cause).strip():
-        named = "" if isinstance(cause, USER_ERRORS) else f"{type(cause).__name__}: "
-        text += f" ({named}{str(cause).strip().splitlines()[0]})"
-    return text
+    cause = _cause_line(err.__cause__) if err.__cause__ is not None else ""
+    return f"{text} ({cause})" if cause else text
+
+
+def _cause_line(cause: BaseException) -> str:
+    """A cause's first line; of a traceback formatted in a worker (joblib's), its first error."""
+    lines = [line for line in str(cause).strip().strip('"').strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("Traceback (most recent call last)"):
+        errors = [line for line in lines[1:] if not line[0].isspace()]
+        return errors[0] if errors else ""
+    return lines[0] if isinstance(cause, USER_ERRORS) else f"{type(cause).__name__}: {lines[0]}"
 
 
 def failure_line(error: str, run_dir: Path, written: bool) -> str:

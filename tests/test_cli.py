@@ -48,6 +48,17 @@ def test_one_line_joins_messages_and_names_the_cause() -> None:
         "(OSError: [Errno 28] No space left on device)"
     )
     assert not is_user_error(wrapped)
+    remote = ValueError("Unable to configure handler 'file'")
+    remote.__cause__ = RuntimeError(
+        '\n"""\nTraceback (most recent call last):\n  File "x.py", line 1, in f\n'
+        "OSError: [Errno 30] Read-only file system: 'gradsweep.log'\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        'Traceback (most recent call last):\n  File "y.py"\nValueError: Unable\n"""'
+    )
+    assert one_line(remote) == (
+        "ValueError: Unable to configure handler 'file' "
+        "(OSError: [Errno 30] Read-only file system: 'gradsweep.log')"
+    ), "the root error of a traceback a worker formatted (joblib)"
     plugin_crash = ConfigCompositionException("Error in call to target 'Sweeper'")
     plugin_crash.__cause__ = TypeError("a bug")
     assert not is_user_error(plugin_crash), "a crash wrapped by Hydra is not a user error"
