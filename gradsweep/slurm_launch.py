@@ -24,6 +24,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import OmegaConf
 
+from gradsweep.cli import CannotStart
 from gradsweep.job_failure import failed_return
 from gradsweep.slurm_jobs import SlurmStates, wait_for_jobs
 
@@ -80,8 +81,8 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     missing = [tool for tool in ("sbatch", "srun", "squeue") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(
-            f"gradsweep: hydra/launcher=slurm needs Slurm's {', '.join(missing)} on PATH "
+        raise CannotStart(
+            f"hydra/launcher=slurm needs Slurm's {', '.join(missing)} on PATH "
             "(start the sweep on a machine that can submit jobs)"
         )
     executor = make_executor(launcher.params)
@@ -99,9 +100,7 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     try:
         jobs = executor.map_array(launcher, *zip(*job_params))
     except FailedJobError as err:
-        raise SystemExit(
-            f"gradsweep: Slurm refused the sweep's jobs: {_refusal(str(err))}"
-        ) from None
+        raise CannotStart(f"Slurm refused the sweep's jobs: {_refusal(str(err))}") from None
     log.info(
         f"Slurm job {jobs[0].job_id.split('_')[0]}: {len(jobs)} task(s), logs in "
         f"{jobs[0].paths.folder.parent}"

@@ -209,6 +209,8 @@ class GradsweepSweeper(BasicSweeper):
         began = time.time()
         try:
             return list(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+        except CannotStart:
+            raise
         except Exception as err:
             self._restore_logging()
             log.warning(

@@ -77,10 +77,10 @@ def test_sweep_without_slurm_commands_stops_with_one_line(tmp_path: Path) -> Non
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "gradsweep: hydra/launcher=slurm needs Slurm's sbatch, srun, squeue on PATH "
+        "gradsweep: error: hydra/launcher=slurm needs Slurm's sbatch, srun, squeue on PATH "
         "(start the sweep on a machine that can submit jobs)"
     )
 
@@ -187,9 +187,9 @@ def test_refused_submission_names_the_partitions(slurm_partition: str, tmp_path:
         "hydra.launcher.partition=nope"
     )
     proc = run_cli(*args, cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "gradsweep: Slurm refused the sweep's jobs: sbatch: error: invalid partition specified: "
-        f"nope (partitions: {slurm_partition})"
+        "gradsweep: error: Slurm refused the sweep's jobs: sbatch: error: invalid partition "
+        f"specified: nope (partitions: {slurm_partition})"
     )
