@@ -24,7 +24,7 @@ def run(out_dir: str | Path, reuse: Sequence[str | Path] = (), **config: Any) ->
     complete run file of the same configuration in one of the `reuse` sweep dirs
     is returned instead of running.
     """
-    from gradsweep.__main__ import execute_runs
+    from gradsweep.job import execute_runs
     from gradsweep.run_plan import plan_runs
     from gradsweep.store import is_complete
 
