@@ -152,7 +152,14 @@ def test_the_wheel_holds_the_configuration(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [f for f in CONF_FILES if f"gradsweep/conf/{f}" not in names]
     assert not missing, f"{wheel.name} lacks gradsweep/conf/{missing}"
-    assert "hydra_plugins/gradsweep_sweeper/validating_sweeper.py" in names
+    sources = [
+        path.relative_to(REPO).as_posix()
+        for top in ("gradsweep", "hydra_plugins")
+        for path in (REPO / top).rglob("*.py")
+    ]
+    assert sources
+    missing = [source for source in sources if source not in names]
+    assert not missing, f"{wheel.name} lacks {missing}"
 
 
 def test_the_installed_wheel_is_used_and_not_this_checkout(installed: Path, tmp_path) -> None:
