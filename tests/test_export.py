@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -245,6 +246,26 @@ def test_bad_paths_are_refused_in_one_line_before_anything_is_written(tmp_path: 
     empty = export("tensorboard", str(tmp_path / "empty"), "--out", str(out), cwd=tmp_path)
     assert empty.returncode == 2 and "no run files found" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_run_that_cannot_be_exported_is_one_line_and_the_others_are(
+    sweep: Path, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "sweep"
+    shutil.copytree(sweep, damaged)
+    bad = sorted(stats_files(damaged).values())[0]
+    data = bytearray(bad.read_bytes())
+    data[4:2004] = bytes(2000)  # the data pages; the footer stays readable
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "tb"
+    proc = export("tensorboard", str(damaged), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"gradsweep.export: export failed: {bad}: "), line
+    assert "exported 1 run(s) as 2 tensorboard run(s)" in proc.stdout
+    assert [p.name for p in out.iterdir()] == [
+        p.parent.name for p in stats_files(damaged).values() if p != bad
+    ]
 
 
 def test_the_callback_exports_each_run_of_a_multirun_and_a_failed_export_fails_no_run(

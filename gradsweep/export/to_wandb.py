@@ -25,12 +25,11 @@ def check_installed() -> None:
 
 def write_run(
     replicas: Sequence[ReplicaSeries], project: str = DEFAULT_PROJECT, dir: str | Path = "."
-) -> list[str]:
-    """Log one gradsweep run's replicas as W&B runs (files under `dir`/wandb); their run dirs."""
+) -> None:
+    """Log one gradsweep run's replicas as W&B runs, one per replica (files under `dir`/wandb)."""
     wandb = require(EXTRA, "wandb")
     Path(dir).mkdir(parents=True, exist_ok=True)
-    settings = wandb.Settings(console="off", silent=True, x_disable_stats=True)
-    written = []
+    settings = wandb.Settings(console="off", silent=True)
     for series in replicas:
         run = wandb.init(
             project=project,
@@ -49,5 +48,3 @@ def write_run(
                 run.log({**point.scalars, **histograms}, step=point.step)
         finally:
             run.finish()
-        written.append(run.dir)
-    return written
