@@ -275,6 +275,8 @@ def test_the_callback_exports_each_run_of_a_multirun_and_a_failed_export_fails_n
     proc = run_sweep(
         sweep,
         "act=tanh,relu",
+        "seed=1,2",
+        "hydra.sweeper.group_size=2",
         "depth=3",
         "width=8",
         "steps=2",
@@ -282,11 +284,13 @@ def test_the_callback_exports_each_run_of_a_multirun_and_a_failed_export_fails_n
         "hydra/callbacks=[export_tensorboard,export_wandb]",
         "hydra.callbacks.export_wandb.out=/dev/null/wandb",
     )
+    assert proc.stdout.count("(replica group of 2)") == 4, "two jobs of two runs each"
     failed = [line for line in proc.stdout.splitlines() if "wandb export failed" in line]
     assert len(failed) == 2, proc.stdout + proc.stderr
     assert "NotADirectoryError" in failed[0] or "FileExistsError" in failed[0], failed
     files = stats_files(sweep)
-    assert len(files) == 2
+    assert len(files) == 4
+    assert sorted(p.name for p in (sweep / "tensorboard").iterdir()) == sorted(files)
     for run, path in files.items():
         (values,) = expected(path).values()
         assert_tensorboard_run_matches(sweep / "tensorboard" / run, values, run)

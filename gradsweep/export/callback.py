@@ -1,4 +1,4 @@
-"""A Hydra callback that exports each run as its job ends: `+hydra/callbacks=export_tensorboard`.
+"""A Hydra callback that exports each run as its job ends: `hydra/callbacks=export_tensorboard`.
 
 It runs where the job runs (in the sweep's process, or in a launcher's worker)
 and exports every complete run file of the job: its own run and its replica
