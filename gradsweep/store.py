@@ -202,10 +202,15 @@ def is_complete(path: str | Path) -> bool:
     return complete_metadata(path) is not None
 
 
+def read_run_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One run file as an arrow table (optionally only `columns`): nulls stay apart from NaN."""
+    check_schema(path)
+    return pq.read_table(path, columns=columns)
+
+
 def read_run(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """One run file as a DataFrame (optionally only `columns`)."""
-    check_schema(path)
-    return pq.read_table(path, columns=columns).to_pandas()
+    return read_run_table(path, columns).to_pandas()
 
 
 @dataclass(frozen=True)

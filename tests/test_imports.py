@@ -65,6 +65,8 @@ NOT_NEEDED = {
     "gradsweep.store": {"torch"},
     "gradsweep.summary": {"torch"},
     "gradsweep.report": {"torch"},
+    "gradsweep.export.__main__": {"torch", "tensorboard", "wandb"},
+    "gradsweep.export.callback": {"torch", "pandas", "tensorboard", "wandb"},
 }
 
 
