@@ -336,11 +336,13 @@ class RunSet:
         self.schema: pa.Schema | None = RUN_SCHEMA if len(self.runs) else None
 
     def of_source(self, source: str) -> RunSet:
-        """The runs of this set that `source` wrote (`sweep` or `recorder`), problems left out."""
+        """The runs of this set that `source` wrote (`sweep` or `recorder`).
+
+        Its `problems` is this set's list, so a file a scan of the part cannot read is listed here.
+        """
         part = copy.copy(self)
         part.runs = self.runs[self.runs["path"].map(self.sources) == source].reset_index(drop=True)
         part.schema = RUN_SCHEMA if len(part.runs) else None
-        part.problems = []
         return part
 
     @property
