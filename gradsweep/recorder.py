@@ -59,14 +59,16 @@ def _watched(model: nn.Module, watch: WatchOutputs) -> list[str]:
                 )
             chosen.add(item)
         elif isinstance(item, type) and issubclass(item, nn.Module):
-            found = [name for name, m in model.named_modules() if isinstance(m, item)]
-            if not found:
-                raise ValueError(f"watch_outputs={item.__name__}: the model has no such module")
-            chosen.update(found)
+            chosen.update(name for name, m in model.named_modules() if isinstance(m, item))
         else:
             raise ValueError(
                 f"watch_outputs holds {item!r}; give nn.Module types or qualified module names"
             )
+    types = [item.__name__ for item in items if isinstance(item, type)]
+    if types and not chosen:
+        raise ValueError(
+            f"watch_outputs={', '.join(types)}: the model has no module of these types"
+        )
     return [name for name in names if name in chosen]
 
 

@@ -277,7 +277,7 @@ def test_the_run_file_is_written_atomically(tmp_path: Path, monkeypatch) -> None
         ({"log_every": 0}, "log_every=0 is invalid"),
         ({"hist_every": "2"}, "hist_every='2' is invalid"),
         ({"watch_outputs": "decoder"}, "names 'decoder', which is no module of the model"),
-        ({"watch_outputs": nn.Conv2d}, "watch_outputs=Conv2d: the model has no such module"),
+        ({"watch_outputs": (nn.Conv2d, nn.LSTM)}, "Conv2d, LSTM: the model has no module of"),
         ({"watch_outputs": [3]}, "give nn.Module types or qualified module names"),
         ({"config": {"when": object()}}, "cannot be written into the run file's footer"),
     ],
