@@ -42,9 +42,9 @@ torch.manual_seed(0)
 # %% [markdown]
 # ## A model and data of your own
 #
-# Images of 3 x 16 x 16 pixels: each of the 4 classes adds its own fixed pattern
-# (twice its scale) to Gaussian noise, so the CNN has something to learn. Any `nn.Module` works the
-# same way; BatchNorm2d has parameters, so it is recorded too.
+# Images of 3 x 16 x 16 pixels: each of the 4 classes adds its own fixed pattern,
+# twice, to Gaussian noise, so the CNN has something to learn. Any `nn.Module`
+# works the same way; BatchNorm2d has parameters, so it is recorded too.
 
 # %%
 patterns = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
