@@ -121,8 +121,13 @@ def test_the_cnn_numbers_are_those_of_its_gradients(cnn_file) -> None:
     torch.manual_seed(0)
     fresh = SmallCNN()
     x, y = images(0)
-    nn.functional.cross_entropy(fresh(x), y).backward()
+    logits = fresh(x)
+    logits.retain_grad()
+    nn.functional.cross_entropy(logits, y).backward()
     frame = gradsweep.load(path, steps=0)
+    output = frame[(frame["module"] == "head") & (frame["tensor"] == "output")].iloc[0]
+    assert output["grad_norm"] == pytest.approx(logits.grad.double().norm().item(), rel=1e-6)
+    assert output["grad_mean"] == pytest.approx(0.0, abs=1e-9)  # softmax minus one-hot rows
     row = frame[(frame["module"] == "features.1") & (frame["tensor"] == "weight")].iloc[0]
     grad = fresh.features[1].weight.grad.double()
     assert row["grad_norm"] == pytest.approx(grad.norm().item(), rel=1e-6)
