@@ -89,6 +89,7 @@ def module_rows(runs: RunSet) -> pd.DataFrame:
     is_output = frame["tensor"] == OUTPUT_TENSOR
     frame["kind"] = np.where(is_output, "dL/d(output)", "parameters")
     frame["square"] = frame["grad_norm"] ** 2
+    frame["diverged"] = frame["status"].astype(str) == "diverged"
     keys = ["run_key", "step", "layer", "module", "kind"]
     grouped = frame.groupby(keys, observed=True, sort=True)
     rows = grouped.agg(
@@ -96,7 +97,7 @@ def module_rows(runs: RunSet) -> pd.DataFrame:
         largest=("grad_norm", "max"),
         loss=("loss", "first"),
         total_grad_norm=("total_grad_norm", "first"),
-        diverged=("status", lambda s: (s.astype(str) == "diverged").any()),
+        diverged=("diverged", "any"),
         diverged_step=("diverged_step", "first"),
     ).reset_index()
     rows["grad_norm"] = np.sqrt(rows.pop("square"))
@@ -205,18 +206,22 @@ def loss_total(rows: pd.DataFrame) -> list[plt.Figure]:
 
 def histogram_counts(runs: RunSet) -> pd.DataFrame:
     """Per recording: parameter-gradient histogram counts of its first step with a histogram."""
+    has_hist = (ds.field("tensor") != OUTPUT_TENSOR) & ds.field("grad_hist").is_valid()
+    steps = runs.frame(columns=["run_key", "step"], filter=has_hist)
+    if steps.empty:
+        return pd.DataFrame(columns=["run_key", "bin", "count"])
+    steps["run_key"] = steps["run_key"].astype(str)
+    first = steps.groupby("run_key")["step"].min()
     table = runs.table(
         columns=["run_key", "step", "grad_hist"],
-        filter=(ds.field("tensor") != OUTPUT_TENSOR) & ds.field("grad_hist").is_valid(),
+        filter=has_hist & ds.field("step").isin(sorted(set(first))),
     )
-    if table.num_rows == 0:
-        return pd.DataFrame(columns=["run_key", "bin", "count"])
     ids = table.select(["run_key", "step"]).to_pandas()
     ids["run_key"] = ids["run_key"].astype(str)
-    first = ids["step"] == ids.groupby("run_key")["step"].transform("min")
+    keep = (ids["step"] == ids["run_key"].map(first)).to_numpy()
     counts = table["grad_hist"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    counts = pd.DataFrame(counts.reshape(-1, N_HIST_BINS)[first.to_numpy()])
-    summed = counts.groupby(ids.loc[first, "run_key"].to_numpy()).sum()
+    counts = pd.DataFrame(counts.reshape(-1, N_HIST_BINS)[keep])
+    summed = counts.groupby(ids.loc[keep, "run_key"].to_numpy()).sum()
     long = summed.rename_axis("run_key").stack().rename("count").rename_axis(["run_key", "bin"])
     return long.reset_index().astype({"bin": int})
 

@@ -100,3 +100,17 @@ def test_sweep_and_recorder_files_get_a_section_each(recordings: Path, tmp_path:
     assert "layer_profile" in report.figures
     html = (tmp_path / "report" / "index.html").read_text()
     assert "<h2 id='summary'>Summary</h2>" in html and "Recorded models" in html
+
+
+def test_histogram_counts_sum_the_first_histogram_step_of_each_recording(recordings: Path) -> None:
+    from gradsweep.store import RunSet
+
+    runs = RunSet([recordings]).of_source("recorder")
+    counts = recorded_figures.histogram_counts(runs)
+    names = recorded_figures.recordings(runs).set_index("run_key")["recording"]
+    for key, part in counts.groupby("run_key"):
+        frame = gradsweep.load(recordings / names[key], histograms=True, steps=0)
+        params = frame[frame["tensor"] != "output"]
+        expected = sum(params["grad_hist"])
+        assert part.sort_values("bin")["count"].tolist() == list(expected)
+        assert part["count"].sum() == params["numel"].sum()
