@@ -249,9 +249,14 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
         "table.summary tr:nth-child(even){background:#f4f4f4}figure{margin:1.5em 0}"
         "figcaption{max-width:60em}.problems td{color:#a00}.wide{overflow-x:auto}",
         "</style></head><body><h1>gradsweep report</h1>",
-        f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and replica). "
-        f"Swept axes: {esc(', '.join(swept) or 'none')}.</p>",
     ]
+    if len(report.summary):
+        parts.append(
+            f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and "
+            f"replica). Swept axes: {esc(', '.join(swept) or 'none')}.</p>"
+        )
+    else:
+        parts.append(f"<p>{n_files} run files.</p>")
     if report.problems:
         rows = "".join(
             f"<tr><td>{esc(p.kind)}</td><td>{esc(p.path)}</td><td>{esc(p.message)}</td></tr>"
@@ -353,17 +358,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in report.problems:
         print(f"gradsweep-report: {p.kind}: {p.path}: {p.message}", file=sys.stderr)
-    n_runs = report.summary["run_key"].nunique()
-    recorded = ""
+    parts = []
+    if len(report.summary):
+        n_runs = report.summary["run_key"].nunique()
+        parts.append(
+            f"{n_runs} runs, {len(report.summary)} run x replica rows, "
+            f"{len(report.figures)} figures"
+        )
     if report.recorded is not None:
-        recorded = (
-            f", {len(report.recorded.summary)} recordings, "
+        parts.append(
+            f"{len(report.recorded.summary)} recordings, "
             f"{len(report.recorded.figures)} recording figures"
         )
-    print(
-        f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, "
-        f"{len(report.figures)} figures{recorded}"
-    )
+    print(f"{out / 'index.html'}: {', '.join(parts)}")
     return 0
 
 

@@ -49,8 +49,11 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_a_report_of_recordings_draws_every_module_figure(recordings: Path, tmp_path) -> None:
+def test_a_report_of_recordings_draws_every_module_figure(
+    recordings: Path, tmp_path, capsys
+) -> None:
     assert main([str(recordings), "-o", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith(": 2 recordings, 4 recording figures\n")
     report_files = {p.name for p in tmp_path.iterdir()}
     figures = {f"{name}.png" for name in recorded_figures.CAPTIONS}
     assert figures | {"recorded.csv", "recorded.md", "index.html", "sweep.parquet"} <= report_files
