@@ -1,11 +1,13 @@
 """Compare two sweep dirs run file by run file, number for number (no tolerance).
 
-    python benchmarks/compare_sweeps.py BEFORE_DIR AFTER_DIR [--ignore COL ...]
+    python benchmarks/compare_sweeps.py BEFORE_DIR AFTER_DIR [--ignore COL ...] [--new COL ...]
 
 Run files are matched by their path relative to each dir. Every column present in
 both is compared exactly (NaN equals NaN, histograms element by element), and so
-are the footer summaries. Prints one line per difference and a closing count;
-exits 1 when anything differs or a file is missing on one side.
+are the footer summaries. `--new` names columns a newer schema adds: absent from
+BEFORE, they are not compared (one present in BEFORE is compared as any other).
+Prints one line per difference and a closing count; exits 1 when anything differs
+or a file is missing on one side.
 """
 
 from __future__ import annotations
@@ -41,12 +43,18 @@ def _same(a: object, b: object) -> bool:
     return True
 
 
-def compare_file(before: Path, after: Path, ignore: set[str]) -> list[str]:
-    """Differences between two run files: columns, values and footer summaries."""
+def compare_file(
+    before: Path, after: Path, ignore: set[str], new: frozenset[str] = frozenset()
+) -> list[str]:
+    """Differences between two run files: columns, values and footer summaries.
+
+    A column of `new` that only AFTER has is no difference.
+    """
     a, b = pq.read_table(before), pq.read_table(after)
     diffs = []
+    added = {n for n in new if n in b.column_names and n not in a.column_names}
     for name in sorted(set(a.column_names) ^ set(b.column_names)):
-        if name not in ignore:
+        if name not in ignore and name not in added:
             side = "before" if name in a.column_names else "after"
             diffs.append(f"column {name} only {side}")
     if a.num_rows != b.num_rows:
@@ -69,14 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--ignore", nargs="*", default=[], help="columns not compared")
+    parser.add_argument(
+        "--new",
+        nargs="*",
+        default=[],
+        help="columns AFTER adds: not compared when BEFORE lacks them",
+    )
     args = parser.parse_args(argv)
-    ignore = set(args.ignore)
+    ignore, new = set(args.ignore), frozenset(args.new)
     before = {p.relative_to(args.before): p for p in args.before.glob(STATS_GLOB)}
     after = {p.relative_to(args.after): p for p in args.after.glob(STATS_GLOB)}
     problems = [f"{rel}: only before" for rel in sorted(set(before) - set(after))]
     problems += [f"{rel}: only after" for rel in sorted(set(after) - set(before))]
     for rel in sorted(set(before) & set(after)):
-        problems += [f"{rel}: {d}" for d in compare_file(before[rel], after[rel], ignore)]
+        problems += [f"{rel}: {d}" for d in compare_file(before[rel], after[rel], ignore, new)]
     for line in problems:
         print(line)
     print(f"{len(set(before) & set(after))} files compared, {len(problems)} differences")

@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gradsweep import figures, theory_figures
+from gradsweep import figures, recorded_figures, theory_figures
 from gradsweep.drawn import FigureFiles, save_figures
 from gradsweep.labels import axis_value, readable
-from gradsweep.schema import CONFIG_COLUMNS
+from gradsweep.schema import CONFIG_COLUMNS, RECORDER_SOURCE, SWEEP_SOURCE
 from gradsweep.store import Problem, RunSet
 from gradsweep.summary import METRIC_COLUMNS, SUMMARY_COLUMNS, scan, summarize
 
@@ -63,14 +63,28 @@ FIGURE_NOTE = (
 
 
 @dataclass
+class Recorded:
+    """The report's section on Recorder files: summary (one row a recording) and figure files."""
+
+    summary: pd.DataFrame
+    figures: dict[str, FigureFiles] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Report:
-    """What `build_report` wrote: output dir, summary table, figure files, the problems found."""
+    """What `build_report` wrote: output dir, summary table, figure files, the problems found.
+
+    `summary` and `figures` are the sweep files' (empty without any); `recorded` is the section
+    on Recorder files, None without any.
+    """
 
     out_dir: Path
     summary: pd.DataFrame
     figures: dict[str, FigureFiles] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    recorded: Recorded | None = None
 
 
 def _cell(value: object) -> str:
@@ -116,7 +130,10 @@ def write_sweep_parquet(runs: RunSet, path: Path) -> Path:
 
 
 def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
-    """Read the runs under `paths`; write the sweep parquet, summaries, figures and index.html."""
+    """Read the runs under `paths`; write the sweep parquet, summaries, figures and index.html.
+
+    Sweep files and Recorder files get a section each (`gradsweep.recorded_figures`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = RunSet(paths)
@@ -126,11 +143,27 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
             + ", ".join(map(str, paths))
             + _problem_text(runs.problems)
         )
+    write_sweep_parquet(runs, out / "sweep.parquet")
+    sweep = runs.of_source(SWEEP_SOURCE)
+    swept: list[str] = []
+    report = Report(out, pd.DataFrame(columns=list(SUMMARY_COLUMNS)))
+    if sweep.schema is not None:
+        swept = _sweep_section(report, sweep)
+    recorded = runs.of_source(RECORDER_SOURCE)
+    if recorded.schema is not None:
+        report.recorded = _recorded_section(out, recorded)
+    report.problems = runs.problems
+    (out / "index.html").write_text(render_html(report, swept, len(runs.files)))
+    return report
+
+
+def _sweep_section(report: Report, runs: RunSet) -> list[str]:
+    """The sweep files' summaries and figures, into `report`; the swept axes."""
+    out = report.out_dir
     totals, init = scan(runs)
     swept = figures.swept_axes(runs.runs)
     summary = summarize(totals, init).sort_values([*swept, "run_key", "replica"], ignore_index=True)
-    report = Report(out, summary)
-    write_sweep_parquet(runs, out / "sweep.parquet")
+    report.summary = summary
     summary.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(markdown_table(summary))
     for name, make in _figure_plan(init, totals, summary, runs, swept).items():
@@ -139,9 +172,30 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
             report.skipped[name] = SKIPPED[name]
             continue
         report.figures[name] = save_figures(figs, out, name)
-    report.problems = runs.problems
-    (out / "index.html").write_text(render_html(report, swept, len(runs.files)))
-    return report
+    return swept
+
+
+def _recorded_section(out: Path, runs: RunSet) -> Recorded:
+    """The Recorder files' summary (recorded.csv, recorded.md) and figures."""
+    rows = recorded_figures.module_rows(runs)
+    section = Recorded(recorded_figures.summary(rows))
+    section.summary.to_csv(out / "recorded.csv", index=False)
+    (out / "recorded.md").write_text(markdown_table(section.summary))
+    plan = {
+        "module_profile": lambda: recorded_figures.module_profile(rows),
+        "module_steps": lambda: recorded_figures.module_steps(rows),
+        "loss_total": lambda: recorded_figures.loss_total(rows),
+        "module_histograms": lambda: recorded_figures.module_histograms(
+            recorded_figures.histogram_counts(runs), recorded_figures.recordings(runs)
+        ),
+    }
+    for name, make in plan.items():
+        figs = make()
+        if figs:
+            section.figures[name] = save_figures(figs, out, name)
+        else:
+            section.skipped[name] = recorded_figures.SKIPPED.get(name, "nothing to draw")
+    return section
 
 
 def _problem_text(problems: list[Problem]) -> str:
@@ -195,9 +249,14 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
         "table.summary tr:nth-child(even){background:#f4f4f4}figure{margin:1.5em 0}"
         "figcaption{max-width:60em}.problems td{color:#a00}.wide{overflow-x:auto}",
         "</style></head><body><h1>gradsweep report</h1>",
-        f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and replica). "
-        f"Swept axes: {esc(', '.join(swept) or 'none')}.</p>",
     ]
+    if len(report.summary):
+        parts.append(
+            f"<p>{n_files} run files, {len(report.summary)} summary rows (one per run and "
+            f"replica). Swept axes: {esc(', '.join(swept) or 'none')}.</p>"
+        )
+    else:
+        parts.append(f"<p>{n_files} run files.</p>")
     if report.problems:
         rows = "".join(
             f"<tr><td>{esc(p.kind)}</td><td>{esc(p.path)}</td><td>{esc(p.message)}</td></tr>"
@@ -207,26 +266,82 @@ def render_html(report: Report, swept: list[str], n_files: int) -> str:
             f"<h2>Runs not read ({len(report.problems)})</h2><table class='problems'>"
             f"<tr><th>kind</th><th>path</th><th>why</th></tr>{rows}</table>"
         )
-    parts.append(f"<h2>Figures</h2><p>{FIGURE_NOTE}</p>")
-    for name, files in report.figures.items():
+    if len(report.summary):
+        parts += _sweep_html(report, swept)
+    if report.recorded is not None:
+        parts += _recorded_html(report.recorded)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _figures_html(figs: dict[str, FigureFiles], captions: dict[str, str]) -> list[str]:
+    """One <figure> per figure: its pages, then its caption and what it pools."""
+    esc = html.escape
+    parts = []
+    for name, files in figs.items():
         pages = "".join(
             (f"<h4>{esc(title)}</h4>" if title else "") + _img(path)
             for path, title in zip(files.paths, files.titles)
         )
-        caption = f"{CAPTIONS[name]} {files.note[:1].upper()}{files.note[1:]}"
+        caption = f"{captions[name]} {files.note[:1].upper()}{files.note[1:]}"
         parts.append(f"<figure>{pages}<figcaption>{esc(caption)}</figcaption></figure>")
-    if report.skipped:
-        items = "".join(
-            f"<li>{esc(CAPTIONS[n])} Not drawn: {esc(why)}.</li>"
-            for n, why in report.skipped.items()
-        )
-        parts.append(f"<ul>{items}</ul>")
-    parts.append("<h2 id='summary'>Summary</h2>" + summary_html(report.summary, swept))
-    defs = "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in SUMMARY_COLUMNS.items()
+    return parts
+
+
+def _skipped_html(skipped: dict[str, str], captions: dict[str, str]) -> list[str]:
+    esc = html.escape
+    if not skipped:
+        return []
+    items = "".join(
+        f"<li>{esc(captions[n])} Not drawn: {esc(why)}.</li>" for n, why in skipped.items()
     )
-    parts.append(f"<h2>Columns</h2><table>{defs}</table></body></html>")
-    return "\n".join(parts)
+    return [f"<ul>{items}</ul>"]
+
+
+def _definitions_html(columns: dict[str, str]) -> str:
+    esc = html.escape
+    return "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in columns.items())
+
+
+def _sweep_html(report: Report, swept: list[str]) -> list[str]:
+    """The sweep files' figures, summary and column definitions."""
+    parts = [f"<h2>Figures</h2><p>{FIGURE_NOTE}</p>"]
+    parts += _figures_html(report.figures, CAPTIONS)
+    parts += _skipped_html(report.skipped, CAPTIONS)
+    parts.append("<h2 id='summary'>Summary</h2>" + summary_html(report.summary, swept))
+    parts.append(f"<h2>Columns</h2><table>{_definitions_html(SUMMARY_COLUMNS)}</table>")
+    return parts
+
+
+def _recorded_html(section: Recorded) -> list[str]:
+    """The Recorder files' figures over the module order, what does not apply, their summary."""
+    captions = recorded_figures.CAPTIONS
+    parts = [
+        "<h2 id='recorded'>Recorded models</h2>",
+        f"<p>{len(section.summary)} recordings of user models (gradsweep.Recorder). "
+        f"{html.escape(recorded_figures.NOT_APPLICABLE)}</p>",
+    ]
+    parts += _figures_html(section.figures, captions)
+    parts += _skipped_html(section.skipped, captions)
+    parts.append(
+        "<h3>Recordings</h3><div class='wide'><table class='summary'>"
+        + _table_html(section.summary)
+        + "</table></div>"
+    )
+    parts.append(
+        "<h3>Columns</h3><table>" + _definitions_html(recorded_figures.SUMMARY_COLUMNS) + "</table>"
+    )
+    return parts
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<tr>{head}</tr>{body}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,11 +358,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in report.problems:
         print(f"gradsweep-report: {p.kind}: {p.path}: {p.message}", file=sys.stderr)
-    n_runs = report.summary["run_key"].nunique()
-    print(
-        f"{out / 'index.html'}: {n_runs} runs, {len(report.summary)} run x replica rows, "
-        f"{len(report.figures)} figures"
-    )
+    parts = []
+    if len(report.summary):
+        n_runs = report.summary["run_key"].nunique()
+        parts.append(
+            f"{n_runs} runs, {len(report.summary)} run x replica rows, "
+            f"{len(report.figures)} figures"
+        )
+    if report.recorded is not None:
+        parts.append(
+            f"{len(report.recorded.summary)} recordings, "
+            f"{len(report.recorded.figures)} recording figures"
+        )
+    print(f"{out / 'index.html'}: {', '.join(parts)}")
     return 0
 
 

@@ -8,7 +8,10 @@ mean-field predictions and each replica's divergence status.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ import pandas as pd
 from gradsweep.bins import N_HIST_BINS
 from gradsweep.predictions import attach_predictions
 from gradsweep.probe.layout import PackedLayout, S
-from gradsweep.schema import CONFIG_KEYS
+from gradsweep.schema import COLUMNS, CONFIG_KEYS, RECORDER_SOURCE, SWEEP_SOURCE, names
 
 # One record a logged step: (step, whether it has a histogram, its packed host copy).
 Record = tuple[int, bool, np.ndarray]
@@ -41,7 +44,7 @@ def build_rows(
         [status[r] for r in frame["replica"]], categories=["ok", "diverged"]
     )
     frame["diverged_step"] = pd.array([diverged[r] for r in frame["replica"]], dtype="Int64")
-    return frame, status, diverged
+    return frame[list(names())], status, diverged
 
 
 def tidy_rows(
@@ -52,6 +55,40 @@ def tidy_rows(
     inits: Sequence[tuple[int, float]],
 ) -> pd.DataFrame:
     """Tidy rows: one per replica x logged step x tensor, with derived norms and moments."""
+    k, n_t = layout.replicas, len(layout.specs)
+    n_rows = len(records) * k * n_t
+    seeds, scales = (np.array(column) for column in zip(*inits))
+    per_replica = lambda a: np.broadcast_to(  # noqa: E731
+        a[None, :, None], (len(records), k, n_t)
+    ).reshape(-1)
+    v = values
+    special = {  # configuration columns that are not one plain value per run
+        "init_scale": per_replica(scales.astype(np.float64)),
+        "clip": pd.arrays.FloatingArray(
+            np.full(n_rows, v["clip"] or 0.0), np.full(n_rows, v["clip"] is None)
+        ),
+    }
+    columns = statistic_columns(records, layout)
+    hist = columns.pop("grad_hist")
+    frame = pd.DataFrame(
+        {
+            "run_key": key,
+            "source": SWEEP_SOURCE,
+            **{name: special.get(name, v[item]) for name, item in CONFIG_KEYS.items()},
+            "seed": per_replica(seeds),
+            "module": pd.array(np.full(n_rows, None), dtype="str"),
+            **columns,
+        }
+    )
+    frame["grad_hist"] = hist
+    return frame
+
+
+def statistic_columns(records: Sequence[Record], layout: PackedLayout) -> dict[str, Any]:
+    """The index and statistic columns of the rows (replica x logged step x tensor) of `records`.
+
+    Sweeps and `gradsweep.Recorder` both derive their rows here from the probe's packed steps.
+    """
     specs = layout.specs
     k, n_t = layout.replicas, len(specs)
     unpacked = [layout.unpack(host, with_hist) for _, with_hist, host in records]
@@ -79,45 +116,29 @@ def tidy_rows(
     grad_sq_params = np.where(is_param, raw[..., S["grad_sumsq"]], 0.0)
     total = np.sqrt(grad_sq_params.sum(-1))  # (steps, K)
     coef_rows = np.where(is_param, coef[:, :, None], 1.0).reshape(-1)
-    v = values
-    seeds, scales = (np.array(column) for column in zip(*inits))
-    per_replica = lambda a: np.broadcast_to(a[None, :, None], shape).reshape(-1)  # noqa: E731
-    n_rows = n_steps * k * n_t
-    special = {  # configuration columns that are not one plain value per run
-        "init_scale": per_replica(scales.astype(np.float64)),
-        "clip": pd.arrays.FloatingArray(
-            np.full(n_rows, v["clip"] or 0.0), np.full(n_rows, v["clip"] is None)
+    return {
+        "replica": np.broadcast_to(np.arange(k)[None, :, None], shape).reshape(-1),
+        "step": np.broadcast_to(steps[:, None, None], shape).reshape(-1),
+        "layer": np.broadcast_to(np.array([s.layer for s in specs]), shape).reshape(-1),
+        "tensor": np.broadcast_to(np.array([s.tensor for s in specs]), shape).reshape(-1),
+        "grad_norm": grad_norm,
+        "grad_norm_clipped": grad_norm * coef_rows,
+        "grad_mean": mean,
+        "grad_std": std,
+        "grad_min": col("grad_min"),
+        "grad_max": col("grad_max"),
+        "grad_frac_zero": col("grad_n_zero") / numel_b,
+        "grad_n_nan": col("grad_n_nan").astype(np.int64),
+        "grad_n_inf": col("grad_n_inf").astype(np.int64),
+        "numel": numel_b,
+        "param_norm": np.sqrt(np.where(np.broadcast_to(is_param, shape), param_sq, np.nan)).reshape(
+            -1
         ),
+        "param_std": np.where(is_param_b, param_std, np.nan),
+        "loss": np.broadcast_to(loss[:, :, None], shape).reshape(-1),
+        "total_grad_norm": np.broadcast_to(total[:, :, None], shape).reshape(-1),
+        "grad_hist": _hist_column([step.hist for step in unpacked], k, n_t),
     }
-    frame = pd.DataFrame(
-        {
-            "run_key": key,
-            **{name: special.get(name, v[item]) for name, item in CONFIG_KEYS.items()},
-            "seed": per_replica(seeds),
-            "replica": per_replica(np.arange(k)),
-            "step": np.broadcast_to(steps[:, None, None], shape).reshape(-1),
-            "layer": np.broadcast_to(np.array([s.layer for s in specs]), shape).reshape(-1),
-            "tensor": np.broadcast_to(np.array([s.tensor for s in specs]), shape).reshape(-1),
-            "grad_norm": grad_norm,
-            "grad_norm_clipped": grad_norm * coef_rows,
-            "grad_mean": mean,
-            "grad_std": std,
-            "grad_min": col("grad_min"),
-            "grad_max": col("grad_max"),
-            "grad_frac_zero": col("grad_n_zero") / numel_b,
-            "grad_n_nan": col("grad_n_nan").astype(np.int64),
-            "grad_n_inf": col("grad_n_inf").astype(np.int64),
-            "numel": numel_b,
-            "param_norm": np.sqrt(
-                np.where(np.broadcast_to(is_param, shape), param_sq, np.nan)
-            ).reshape(-1),
-            "param_std": np.where(is_param_b, param_std, np.nan),
-            "loss": np.broadcast_to(loss[:, :, None], shape).reshape(-1),
-            "total_grad_norm": np.broadcast_to(total[:, :, None], shape).reshape(-1),
-        }
-    )
-    frame["grad_hist"] = _hist_column([step.hist for step in unpacked], k, n_t)
-    return frame
 
 
 def _hist_column(hists: list[np.ndarray | None], k: int, n_t: int) -> list:
@@ -142,3 +163,73 @@ def divergence(stats: pd.DataFrame, replicas: int) -> tuple[list[str], list[int 
     first = stats.loc[bad].groupby("replica")["step"].min()
     diverged = [int(first[r]) if r in first.index else None for r in range(replicas)]
     return ["ok" if d is None else "diverged" for d in diverged], diverged
+
+
+LOSS: tuple[str, ...] = ("loss",)  # the tail a Recorder appends to the probe's packed step
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    """One step a Recorder measured: its packed host copy, the layout (tail `LOSS`) it follows
+    and the qualified module name of each of the layout's tensors."""
+
+    step: int
+    with_hist: bool
+    host: np.ndarray
+    layout: PackedLayout
+    modules: tuple[str, ...]
+
+
+_NULLS = {"int64": "Int64", "double": "Float64", "bool": "boolean", "large_string": "str"}
+
+
+def recorder_rows(
+    steps: Sequence[RecordedStep], footer: Mapping[str, Any]
+) -> tuple[pd.DataFrame, str]:
+    """A Recorder's rows (one replica) in the run file's columns, and its footer summary JSON.
+
+    Statistics come from `statistic_columns`, as a sweep's do; of the configuration columns
+    only `device` and `dtype` hold values (the footer's), the others and the predictions are null.
+    """
+    parts = []
+    for (layout, modules), group in groupby(steps, key=lambda s: (s.layout, s.modules)):
+        records = [(s.step, s.with_hist, s.host) for s in group]
+        columns = statistic_columns(records, layout)
+        hist = columns.pop("grad_hist")
+        part = pd.DataFrame(columns)
+        part["module"] = np.tile(np.array(modules, dtype=object), len(records))
+        part["grad_hist"] = hist
+        parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
+    n_rows = len(frame)
+    given = {"run_key": footer["run_key"], "source": RECORDER_SOURCE, "seed": footer["seed"]}
+    given.update({c: footer[CONFIG_KEYS[c]] for c in ("device", "dtype")})
+    for column in COLUMNS:
+        if column.name in frame:
+            continue
+        dtype = _NULLS.get(str(column.type))
+        value = given.get(column.name)
+        frame[column.name] = pd.array(np.full(n_rows, value, dtype=object), dtype=dtype)
+    frame["module"] = frame["module"].astype("str")
+    status, diverged = divergence(frame, 1)
+    frame["status"] = pd.Categorical(status * n_rows, categories=["ok", "diverged"])
+    frame["diverged_step"] = pd.array(diverged * n_rows, dtype="Int64")
+    return frame[list(names())], recorder_summary(frame, status[0], diverged[0])
+
+
+def recorder_summary(frame: pd.DataFrame, status: str, diverged_step: int | None) -> str:
+    """A Recorder file's footer summary: one JSON record (its one replica) of RECORDER_SUMMARY."""
+    params = frame[frame["param_norm"].notna()]
+    last = frame[frame["step"] == frame["step"].max()]
+    record = {
+        "final_step": int(last["step"].iloc[0]),
+        "final_loss": float(last["loss"].iloc[0]),
+        "max_grad_norm": float(params["grad_norm"].max()) if len(params) else None,
+        "max_total_norm": float(frame["total_grad_norm"].max()),
+        "diverged": status == "diverged",
+        "diverged_step": diverged_step,
+    }
+    cleaned = {
+        k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in record.items()
+    }
+    return json.dumps([cleaned])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import pyarrow as pa
@@ -19,10 +19,17 @@ import pyarrow as pa
 from gradsweep.bins import N_HIST_BINS
 from gradsweep.config import CHOICES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions the readers accept; a version-2 file reads with the columns version 3 added as null.
+READ_VERSIONS: tuple[int, ...] = (2, 3)
 STATS_FILE = "grad_stats.parquet"
 FAILURE_FILE = "FAILED.txt"
 META_PREFIX = "gradsweep."
+# The `source` column's values: gradsweep's own sweeps, and `gradsweep.Recorder` on any model.
+SWEEP_SOURCE, RECORDER_SOURCE = "sweep", "recorder"
+SOURCES: tuple[str, ...] = (SWEEP_SOURCE, RECORDER_SOURCE)
+# The `tensor` of a watched module's output gradient in Recorder files.
+OUTPUT_TENSOR = "output"
 
 
 class Role(str, Enum):
@@ -68,7 +75,18 @@ COLUMNS: tuple[Column, ...] = (
         NOT_NULL,
         INDEX,
         "16 hex digits: hash of the run's resolved configuration keys (not the Hydra node, "
-        "not output names)",
+        "not output names); in Recorder files, of the recording's footer configuration, its "
+        "start time included, so that every recording has its own key",
+    ),
+    Column(
+        "source",
+        STRING,
+        NULL,
+        INDEX,
+        "what wrote the file: `sweep` (gradsweep's own MLPs, whose configuration fills the "
+        "configuration columns) or `recorder` (`gradsweep.Recorder` on a user's model, where the "
+        "configuration columns other than device and dtype are null); null in version-2 files, "
+        "which are all sweep files",
     ),
     Column(
         "act", STRING, NOT_NULL, CONFIG, f"activation after every Linear layer: {_one_of('act')}"
@@ -122,7 +140,14 @@ COLUMNS: tuple[Column, ...] = (
         CONFIG,
         "clip threshold of each replica's total gradient L2 norm; null when clipping is off",
     ),
-    Column("seed", INT, NOT_NULL, INDEX, "the init seed this replica used (seed + replica)"),
+    Column(
+        "seed",
+        INT,
+        NULL,
+        INDEX,
+        "the init seed this replica used (seed + replica); in Recorder files the `seed` given "
+        "to it, else null",
+    ),
     Column("replica", INT, NOT_NULL, INDEX, "replica index, 0..replicas-1"),
     Column(
         "step",
@@ -133,7 +158,20 @@ COLUMNS: tuple[Column, ...] = (
         "initialisation",
     ),
     Column(
-        "layer", INT, NOT_NULL, INDEX, "Linear layer index, 0 = input side, depth-1 = output side"
+        "layer",
+        INT,
+        NOT_NULL,
+        INDEX,
+        "Linear layer index, 0 = input side, depth-1 = output side; in Recorder files the "
+        "module's order among the recorded modules (`model.named_modules()` order)",
+    ),
+    Column(
+        "module",
+        STRING,
+        NULL,
+        INDEX,
+        "qualified name of the module the row's tensor belongs to, as `model.named_modules()` "
+        "gives it (Recorder files); null in sweep files, where `layer` names the Linear layer",
     ),
     Column(
         "tensor",
@@ -141,7 +179,9 @@ COLUMNS: tuple[Column, ...] = (
         NOT_NULL,
         INDEX,
         "`weight`, `bias`, `bn_weight`, `bn_bias` (BatchNorm affine parameters of that layer)"
-        " or `preact` (dL/dz_l at the Linear layer's output, before BatchNorm)",
+        " or `preact` (dL/dz_l at the Linear layer's output, before BatchNorm); in Recorder "
+        "files the parameter's own name (`weight`, `bias`, ...) or `output` (dL/d(module "
+        "output), a watched module's output gradient)",
     ),
     Column("grad_norm", FLOAT, NULL, STAT, "L2 norm of the gradient, before clipping"),
     Column(
@@ -150,7 +190,8 @@ COLUMNS: tuple[Column, ...] = (
         NULL,
         STAT,
         "L2 norm after clipping (grad_norm times the replica's clip factor; equal to "
-        "grad_norm when clipping is off and for `preact`, which is never clipped)",
+        "grad_norm when clipping is off, for `preact`, which is never clipped, and in Recorder "
+        "files, which record the gradients before any clipping of the user's loop)",
     ),
     Column("grad_mean", FLOAT, NULL, STAT, "mean over the tensor's elements"),
     Column("grad_std", FLOAT, NULL, STAT, "population std (ddof=0) over the tensor's elements"),
@@ -171,14 +212,15 @@ COLUMNS: tuple[Column, ...] = (
         FLOAT,
         NULL,
         STAT,
-        "L2 norm of the parameter at the time of the gradient; null for `preact`",
+        "L2 norm of the parameter at the time of the gradient; null for `preact` and `output`",
     ),
     Column(
         "param_std",
         FLOAT,
         NULL,
         STAT,
-        "population std of the parameter at the time of the gradient; null for `preact`",
+        "population std of the parameter at the time of the gradient; null for `preact` and "
+        "`output`",
     ),
     Column("loss", FLOAT, NULL, OUTCOME, "the replica's loss at this step"),
     Column(
@@ -225,6 +267,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("diverged_step", INT, NULL, OUTCOME, "first step with a non-finite value; null when ok"),
 )
 
+# Recorder files have no MLP configuration: every configuration column may be null there.
+COLUMNS = tuple(replace(c, nullable=True) if c.role is CONFIG else c for c in COLUMNS)
 COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 RUN_SCHEMA: pa.Schema = pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in COLUMNS])
 
@@ -278,10 +322,15 @@ EXECUTION_METADATA: dict[str, str] = {
 
 # Key-value metadata in every run file's footer, each key under META_PREFIX.
 METADATA: dict[str, str] = {
-    "summary": "the run's per-replica summary metrics (the summary columns) as JSON",
+    "summary": "the run's per-replica summary metrics (the summary columns) as JSON; in "
+    "Recorder files final_step, final_loss, max_grad_norm, max_total_norm, diverged and "
+    "diverged_step",
     "schema_version": f"version of this file format ({SCHEMA_VERSION})",
     "version": "gradsweep version that wrote the file",
-    "config": "the resolved run configuration as YAML",
+    "config": "the resolved run configuration as YAML; in Recorder files the recording's "
+    "`source`, `run_key`, `name`, `model` (class name), `device`, `dtype`, `seed`, "
+    "`log_every`, `hist_every`, `watch_outputs` (qualified names), `started` (UTC) and the "
+    "user's `config`",
     "status": "`ok`, or `diverged` when any replica diverged",
     "hist_bins": "labels of the `grad_hist` bins as a JSON list",
     **EXECUTION_METADATA,

@@ -12,6 +12,7 @@ listed as problems by path, never dropped silently.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -35,10 +36,13 @@ from gradsweep.schema import (
     EXECUTION_METADATA,
     FAILURE_FILE,
     META_PREFIX,
+    READ_VERSIONS,
+    RECORDER_SOURCE,
     RUN_SCHEMA,
     SCHEMA_VERSION,
     STATS_FILE,
     STRING_COLUMNS,
+    SWEEP_SOURCE,
     check_columns,
 )
 
@@ -177,14 +181,19 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     }
 
 
-def check_schema(path: str | Path) -> dict[str, str]:
-    """Metadata of a run file whose schema version this gradsweep reads; else SchemaVersionError."""
+def check_schema(path: str | Path, versions: tuple[int, ...] = READ_VERSIONS) -> dict[str, str]:
+    """Metadata of a run file whose schema version is one of `versions`; else SchemaVersionError.
+
+    The readers take every version in `schema.READ_VERSIONS`; a resumed sweep keeps only files of
+    the current SCHEMA_VERSION (`complete_metadata`), so a sweep dir is never written in two.
+    """
     meta = read_metadata(path)
     found = meta.get("schema_version")
-    if found != str(SCHEMA_VERSION):
+    if found not in {str(v) for v in versions}:
+        readable = ", ".join(map(str, versions))
         raise SchemaVersionError(
             f"{path}: schema version {found!r} is not supported "
-            f"(this gradsweep reads version {SCHEMA_VERSION})"
+            f"(this gradsweep reads version {readable})"
         )
     return meta
 
@@ -192,7 +201,7 @@ def check_schema(path: str | Path) -> dict[str, str]:
 def complete_metadata(path: str | Path) -> dict[str, str] | None:
     """The metadata of a readable run file of the current schema version; None for any other."""
     try:
-        return check_schema(path)
+        return check_schema(path, (SCHEMA_VERSION,))
     except (OSError, ValueError, pa.ArrowException):
         return None
 
@@ -202,14 +211,28 @@ def is_complete(path: str | Path) -> bool:
     return complete_metadata(path) is not None
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """A run file's table with the columns its older schema version lacks added as nulls."""
+    for index, field in enumerate(RUN_SCHEMA):
+        if field.name not in table.column_names:
+            table = table.add_column(index, field, pa.nulls(table.num_rows, field.type))
+    return table
+
+
 def read_run_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """One run file as an arrow table (optionally only `columns`): nulls stay apart from NaN."""
+    """One run file as an arrow table in the current schema's columns (optionally only
+    `columns`): nulls stay apart from NaN."""
     check_schema(path)
-    return pq.read_table(path, columns=columns)
+    if columns is None:
+        return conform(pq.read_table(path))
+    present = set(pq.read_schema(path).names)
+    return conform(pq.read_table(path, columns=[c for c in columns if c in present])).select(
+        columns
+    )
 
 
 def read_run(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """One run file as a DataFrame (optionally only `columns`)."""
+    """One run file as a DataFrame (optionally only `columns`), in the current schema's columns."""
     return read_run_table(path, columns).to_pandas()
 
 
@@ -280,7 +303,10 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, Problem | None]:
     except (OSError, KeyError, ValueError, yaml.YAMLError, pa.ArrowException) as err:
         return None, Problem(str(path), "unreadable", f"{type(err).__name__}: {err}")
     config = {column: values.get(key) for column, key in CONFIG_KEYS.items()}
-    record = {"path": str(path), "run_key": run_key(values), **config, "seed": values.get("seed")}
+    source = values.get("source", SWEEP_SOURCE)
+    key = values["run_key"] if source == RECORDER_SOURCE else run_key(values)
+    record = {"path": str(path), "run_key": key, "source": source, **config}
+    record["seed"] = values.get("seed")
     return {**record, "footer_summary": meta.get("summary")}, None
 
 
@@ -299,11 +325,13 @@ class RunSet:
         self.problems += [p for _, p in inspected if p is not None]
         runs = pd.DataFrame(
             [r for r, _ in inspected if r is not None],
-            columns=["path", "run_key", *CONFIG_COLUMNS, "seed", "footer_summary"],
+            columns=["path", "run_key", "source", *CONFIG_COLUMNS, "seed", "footer_summary"],
         )
         self.footer_summaries: dict[str, str | None] = dict(
             zip(runs["path"], runs.pop("footer_summary"))
         )
+        # what wrote each file, by path: `sweep` or `recorder` (`schema.SOURCES`)
+        self.sources: dict[str, str] = dict(zip(runs["path"], runs.pop("source")))
         repeated = runs.duplicated("run_key")
         first = runs.drop_duplicates("run_key").set_index("run_key")["path"]
         self.problems += [
@@ -316,6 +344,16 @@ class RunSet:
         ]
         self.runs = runs[~repeated].reset_index(drop=True)
         self.schema: pa.Schema | None = RUN_SCHEMA if len(self.runs) else None
+
+    def of_source(self, source: str) -> RunSet:
+        """The runs of this set that `source` wrote (`sweep` or `recorder`).
+
+        Its `problems` is this set's list, so a file a scan of the part cannot read is listed here.
+        """
+        part = copy.copy(self)
+        part.runs = self.runs[self.runs["path"].map(self.sources) == source].reset_index(drop=True)
+        part.schema = RUN_SCHEMA if len(part.runs) else None
+        return part
 
     @property
     def files(self) -> list[str]:

@@ -60,3 +60,18 @@ def test_sweep_explorer_draws_the_report_figures(
     # all but the CPU vs CUDA figure; clipping (hue clip, panels act) is one file per batchnorm
     assert len(images) == 7
     assert "lines: median over 1 seed" not in text and "lines: one seed each." in text
+
+
+def test_recorder_walkthrough_records_a_cnn_and_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRADSWEEP_RECORDER_DIR", str(tmp_path))
+    text, outputs = execute("recorder_walkthrough", tmp_path, monkeypatch)
+    assert "the run file's row agrees with the gradient" in text
+    assert "logged steps: [0, 5, 10, 15, 20, 25, 30, 35, 40]" in text
+    first, last = map(float, re.search(r"step 0: (\S+), at step 40: (\S+)", text).groups())
+    assert last < 0.5 * first  # the CNN learns the synthetic classes
+    assert (tmp_path / "small_cnn" / "grad_stats.parquet").is_file()
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert "'loss_total', 'module_histograms', 'module_profile', 'module_steps'" in text
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 2

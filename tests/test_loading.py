@@ -8,10 +8,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 import gradsweep
+from gradsweep import store
 from gradsweep.loading import SkippedRunsError, SkippedRunsWarning
 from gradsweep.schema import FAILURE_FILE, HIST_COLUMN, STATS_FILE, names
 
@@ -135,3 +138,43 @@ def test_import_gradsweep_loads_neither_pandas_nor_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _as_version_2(path: Path, out: Path) -> Path:
+    """The run file as version 2 wrote it: no `source` nor `module` column, version 2 footer."""
+    table = pq.read_table(path)
+    meta = {**table.schema.metadata, b"gradsweep.schema_version": b"2"}
+    table = table.drop_columns(["source", "module"]).replace_schema_metadata(meta)
+    out.mkdir(parents=True)
+    pq.write_table(table, out / STATS_FILE)
+    return out / STATS_FILE
+
+
+def test_version_2_files_load_with_the_new_columns_null(layout, tmp_path: Path) -> None:
+    old = _as_version_2(layout["file"], tmp_path / "v2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = gradsweep.load(old, layout["run_dir"])
+    assert list(frame.columns) == [c for c in names() if c != HIST_COLUMN]
+    by_file = frame.groupby("run_key")
+    assert sorted(by_file["source"].first().fillna("null")) == ["null", "sweep"]
+    assert frame["module"].isna().all()
+    current = gradsweep.load(layout["file"])
+    pd.testing.assert_frame_equal(
+        gradsweep.load(old).drop(columns=["source"]), current.drop(columns=["source"])
+    )
+    assert store.read_run(old)["source"].isna().all()
+    assert not store.is_complete(old)  # a resumed sweep redoes it in the current version
+
+
+def test_an_unknown_version_is_refused_by_name(layout, tmp_path: Path) -> None:
+    table = pq.read_table(layout["file"])
+    meta = {**table.schema.metadata, b"gradsweep.schema_version": b"1"}
+    (tmp_path / "v1").mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "v1" / STATS_FILE)
+    frame = gradsweep.load(layout["file"], tmp_path / "v1", problems="ignore")
+    (problem,) = frame.attrs["problems"]
+    assert problem.kind == "refused"
+    assert problem.message.endswith(
+        "schema version '1' is not supported (this gradsweep reads version 2, 3)"
+    )

@@ -55,8 +55,15 @@ def test_the_writer_names_missing_and_extra_columns(tmp_path: Path, frame) -> No
 
 
 def test_the_writer_refuses_a_null_where_the_schema_has_none(tmp_path: Path, frame) -> None:
-    with pytest.raises(ValueError, match="width"):
-        store.write_run(frame.assign(width=None), tmp_path / schema.STATS_FILE, {})
+    with pytest.raises(ValueError, match="numel"):
+        store.write_run(frame.assign(numel=None), tmp_path / schema.STATS_FILE, {})
+
+
+def test_configuration_columns_may_be_null_as_in_recorder_files() -> None:
+    for name in schema.CONFIG_COLUMNS:
+        assert schema.RUN_SCHEMA.field(name).nullable, name
+    assert schema.RUN_SCHEMA.field("module").nullable
+    assert not schema.RUN_SCHEMA.field("layer").nullable
 
 
 def test_configuration_columns_hold_run_keys() -> None:
