@@ -78,6 +78,37 @@ def expected(path: Path) -> dict[int, dict]:
     return out
 
 
+def test_a_recording_exports_under_its_name_with_module_tags(tmp_path: Path) -> None:
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch import nn
+
+    from gradsweep import Recorder
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1))
+    with Recorder(model, tmp_path / "cnn", watch_outputs=(nn.Conv2d,)) as recorder:
+        for step in range(2):
+            loss = model(torch.randn(4, 1, 6, 6)).pow(2).mean()
+            loss.backward()
+            recorder.step(step, loss)
+            model.zero_grad()
+    key = recorder.footer["run_key"]
+    proc = export("tensorboard", str(tmp_path / "cnn"), "--out", str(tmp_path / "tb"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (logdir,) = (tmp_path / "tb").iterdir()
+    assert logdir.name == f"cnn-{key}"
+    acc = EventAccumulator(str(logdir), size_guidance=SIZE_GUIDANCE)
+    acc.Reload()
+    frame = read_run(tmp_path / "cnn" / "grad_stats.parquet")
+    assert set(acc.Tags()["scalars"]) == {"loss", "total_grad_norm"} | {
+        f"{'dLdz' if pd.isna(row.param_norm) else 'grad'}_norm/{row.module}/{row.tensor}"
+        for row in frame.itertuples()
+    }
+    assert "dLdz_norm/0/output" in acc.Tags()["scalars"]
+    assert "grad_norm/3/weight" in acc.Tags()["scalars"]
+
+
 def export(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     if env is None:
         return run_cli(*args, cwd=cwd, module="gradsweep.export")

@@ -3,7 +3,8 @@
 A run file holds every replica of one configuration; a dashboard run holds one
 value per tag and step, so each replica becomes one dashboard run. Its name is
 the run's sweep dir name (`config.run_dirname`: readable main axes, the seed and
-the run key, so unique and filesystem-safe), followed by `/replica<r>-seed<s>`
+the run key, so unique and filesystem-safe), or a recording's name and run key
+(`gradsweep.Recorder`), followed by `/replica<r>-seed<s>`
 when the run has several replicas. Tags: `loss`, `total_grad_norm`, and per
 tensor `grad_norm/<where>/<tensor>` for parameter gradients, `dLdz_norm/...`
 for activation gradients (rows without a parameter norm), and `grad_hist/...`,
@@ -30,6 +31,7 @@ from gradsweep.bins import (
     HIST_UNDERFLOW,
 )
 from gradsweep.config import run_dirname, run_key
+from gradsweep.schema import RECORDER_SOURCE
 from gradsweep.store import read_metadata, read_run_table
 
 # The histogram bins a dashboard draws on the log10|g| axis: underflow, the binades, overflow.
@@ -89,6 +91,13 @@ class ReplicaSeries:
     points: list[Point]
 
 
+def run_name(config: dict[str, Any]) -> tuple[str, str]:
+    """A run's dashboard name and run key: a sweep run's dir name, or a recording's name and key."""
+    if config.get("source") == RECORDER_SOURCE:
+        return f"{config['name']}-{config['run_key']}", config["run_key"]
+    return run_dirname(config), run_key(config)
+
+
 def _rows(table: pa.Table) -> Iterator[dict[str, Any]]:
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     for i in range(table.num_rows):
@@ -101,8 +110,7 @@ def read_series(path: str | Path) -> list[ReplicaSeries]:
     config = yaml.safe_load(config_yaml)
     table = read_run_table(path)
     columns = [*COLUMNS, *([MODULE_COLUMN] if MODULE_COLUMN in table.column_names else [])]
-    run = run_dirname(config)
-    key = run_key(config)
+    run, key = run_name(config)
     points: dict[tuple[int, int], Point] = {}
     seeds: dict[int, int] = {}
     for row in _rows(table.select(columns)):
