@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gradsweep import figures, theory_figures
+from gradsweep import figures, remedies, theory_figures
 from gradsweep.drawn import FigureFiles, save_figures
 from gradsweep.labels import axis_value, readable
 from gradsweep.schema import CONFIG_COLUMNS
@@ -45,6 +45,7 @@ CAPTIONS = {
     "training.",
     "devices": "(g) CPU against CUDA: the same configuration and seed measured on both devices.",
     **theory_figures.CAPTIONS,
+    "remedies": remedies.CAPTION,
 }
 SKIPPED = {
     "ratio_heatmap": "fewer than two axes swept",
@@ -53,6 +54,7 @@ SKIPPED = {
     "over_steps": "no training steps logged",
     "devices": "not both CPU and CUDA runs present",
     **theory_figures.SKIPPED,
+    "remedies": remedies.SKIPPED,
 }
 SHOWN_ROWS = 200
 FIGURE_NOTE = (
@@ -104,7 +106,9 @@ def _figure_plan(
             else []
         ),
         "devices": lambda: figures.devices(init),
-        **theory_figures.figure_plan(runs),
+        **theory_figures.figure_plan(
+            runs, {**theory_figures.MAKERS, "remedies": remedies.remedies}
+        ),
     }
 
 
