@@ -33,6 +33,8 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
     depth = int(values["depth"])
     if values["batchnorm"] and values["batch_size"] < MIN_BN_BATCH:
         return np.full(max(depth - 1, 0), np.nan)
+    if values["residual"] or values["norm"] == "layer":
+        return np.full(max(depth - 1, 0), np.nan)
     return theory.predict_preact_factors(
         values["act"],
         depth,

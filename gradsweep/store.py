@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
 from gradsweep.bins import HIST_BIN_LABELS
-from gradsweep.config import run_key
+from gradsweep.config import run_key, run_values
 from gradsweep.schema import (
+    ABSENT_VALUES,
     CONFIG_COLUMNS,
     CONFIG_KEYS,
     EXECUTION_METADATA,
@@ -259,6 +261,21 @@ def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Proble
     return list(first.values()), problems
 
 
+def with_absent_values(table: pa.Table) -> pa.Table:
+    """`table` with the rows of files older than a column given its `absent` value.
+
+    Such a column is not nullable, so a null in it can only come from a file without it.
+    """
+    for name, value in ABSENT_VALUES.items():
+        index = table.schema.get_field_index(name)
+        if index >= 0 and table.column(index).null_count:
+            filled = pc.fill_null(
+                table.column(index), pa.scalar(value, table.schema.field(name).type)
+            )
+            table = table.set_column(index, table.schema.field(name), filled)
+    return table
+
+
 _FORMAT = ds.ParquetFileFormat(
     read_options=ds.ParquetReadOptions(dictionary_columns=list(STRING_COLUMNS))
 )
@@ -274,7 +291,8 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, Problem | None]:
         return None, Problem(str(path), "refused", str(err))
     except (OSError, KeyError, ValueError, yaml.YAMLError, pa.ArrowException) as err:
         return None, Problem(str(path), "unreadable", f"{type(err).__name__}: {err}")
-    config = {column: values.get(key) for column, key in CONFIG_KEYS.items()}
+    resolved = run_values(values)  # keys newer than the file at their defaults
+    config = {column: resolved[key] for column, key in CONFIG_KEYS.items()}
     record = {"path": str(path), "run_key": run_key(values), **config, "seed": values.get("seed")}
     return {**record, "footer_summary": meta.get("summary")}, None
 
@@ -321,7 +339,7 @@ class RunSet:
         self, files: list[str], columns: list[str] | None, filter: ds.Expression | None
     ) -> pa.Table:
         dataset = ds.dataset(files, schema=self.schema, format=_FORMAT)
-        return dataset.to_table(columns=columns, filter=filter)
+        return with_absent_values(dataset.to_table(columns=columns, filter=filter))
 
     def _scan_each(
         self, files: list[str], columns: list[str] | None, filter: ds.Expression | None
