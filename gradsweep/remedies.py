@@ -77,18 +77,20 @@ def relative_norms(pre: pd.DataFrame) -> pd.DataFrame:
     """Step-0 dL/dz rows with `relative` (measured) and `predicted`, both over the output layer's.
 
     Each replica is divided by its own measured |dL/dz_{L-1}|; the prediction is the one the
-    report overlays (`display_prediction`), null where the run file has none.
+    report overlays (`display_prediction`), null where the run file has no predicted factor
+    (its output layer's norm is the measurement it is anchored at, not a prediction).
     """
     ids = ["run_key", "replica"]
     output = pre[pre["layer"] == pre["depth"] - 1].set_index(ids)["grad_norm"]
     anchor = output.reindex(pd.MultiIndex.from_frame(pre[ids])).to_numpy()
-    predicted = (
-        display_prediction(pre).to_numpy() / anchor
-        if "pred_preact_norm" in pre
-        else np.full(len(pre), np.nan)
-    )
+    predicted = np.full(len(pre), np.nan)
+    if "pred_preact_factor" in pre:
+        factors = pre["pred_preact_factor"].notna().groupby([pre[i] for i in ids]).transform("any")
+        predicted = np.where(factors, display_prediction(pre).to_numpy(), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return pre.assign(relative=pre["grad_norm"].to_numpy() / anchor, predicted=predicted)
+        return pre.assign(
+            relative=pre["grad_norm"].to_numpy() / anchor, predicted=predicted / anchor
+        )
 
 
 def _compared(pre: pd.DataFrame) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -9,7 +11,8 @@ import pytest
 
 from gradsweep import remedies
 from gradsweep.drawn import drawn
-from gradsweep.theory_figures import RUN_AXES
+from gradsweep.store import RunSet
+from gradsweep.theory_figures import RUN_AXES, theory_frame
 
 BASE = {  # one run's configuration as the theory frame holds it (the run file's columns)
     "act": "relu",
@@ -165,3 +168,23 @@ def test_only_depths_with_two_remedies_are_drawn_and_other_axes_are_panels() -> 
 def test_no_figure_without_two_remedies_at_one_depth(runs) -> None:
     frame = frame_of(*(run_rows(name, depth) for name, depth in runs))
     assert remedies.remedies(frame) == []
+
+
+def test_a_real_sweep_draws_each_remedy_from_its_own_seeds(new_axes_sweep: Path) -> None:
+    frame = theory_frame(RunSet([new_axes_sweep]))
+    (fig,) = remedies.remedies(frame)
+    data = drawn(fig).data
+    assert (data["configs"] == 1).all() and (data["seeds"] == 2).all()
+    measured = data[data["quantity"] == "measured"]
+    assert set(measured["remedy"].astype(str)) == {
+        "plain",
+        "LayerNorm",
+        "residual",
+        "residual + LayerNorm (pre)",
+    }
+    assert len(measured[["remedy", "init_scale"]].drop_duplicates()) == 12
+    assert (measured[measured["layer"] == 3]["median"] == 1.0).all()
+    titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
+    assert titles == {
+        f"sigma_w2 = {w}, init_scale = {s}" for w, s in (("0.25", "0.5"), ("1", "1"), ("4", "2"))
+    }

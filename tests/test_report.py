@@ -58,6 +58,7 @@ def test_report_writes_every_output(report) -> None:
         "over_steps",
         "prediction_overlay",
         "bulk_error",
+        "remedies",
     }
     assert set(report.skipped) == {"devices", "phase_diagram", "batchnorm_depth", "glorot_fig8"}
     assert report.skipped["devices"] == "not both CPU and CUDA runs present"
