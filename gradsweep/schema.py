@@ -314,6 +314,10 @@ AXIS_PRIORITY: tuple[str, ...] = (
     "data_seed",
 )
 
+# `tensor` values that are back-propagated gradients at a layer's output, not parameter gradients:
+# never clipped, and not part of a replica's total gradient norm.
+OUTPUT_GRADIENTS: tuple[str, ...] = ("preact", "stream")
+
 # What decides a run's bits besides its configuration (`gradsweep.execution`): a resumed sweep
 # keeps or, when asked, redoes a complete file that records other values, never mixes silently.
 EXECUTION_METADATA: dict[str, str] = {
