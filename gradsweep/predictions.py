@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gradsweep import theory
+from gradsweep.config import branch_scale_value
 
 MIN_BN_BATCH = 4  # the finite-batch BatchNorm rate needs E[1/chi^2_{B-1}] < inf
 
@@ -32,8 +33,6 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
     """
     depth = int(values["depth"])
     if values["batchnorm"] and values["batch_size"] < MIN_BN_BATCH:
-        return np.full(max(depth - 1, 0), np.nan)
-    if values["residual"] or values["norm"] == "layer":
         return np.full(max(depth - 1, 0), np.nan)
     return theory.predict_preact_factors(
         values["act"],
@@ -47,6 +46,10 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
         values["batchnorm"],
         values["batch_size"],
         values["output_act"],
+        norm=values["norm"],
+        residual=values["residual"],
+        branch_scale=branch_scale_value(values["branch_scale"], depth),
+        norm_position=values["norm_position"],
     )
 
 
