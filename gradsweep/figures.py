@@ -312,11 +312,15 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
 
 
 def batchnorm(init: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
-    """(d) Weight-gradient norm per layer with and without BatchNorm (hue), other axes as panels."""
-    if "batchnorm" not in swept:
+    """(d) Weight-gradient norm per layer with and without BatchNorm (hue), other axes as panels.
+
+    Hue is `batchnorm`, or `norm` where the sweep shows it (LayerNorm swept too).
+    """
+    norm = next((a for a in ("batchnorm", "norm") if a in swept), None)
+    if norm is None:
         return []
     frame = init[init["tensor"] == "weight"]
-    axes = ["batchnorm", *[a for a in swept if a != "batchnorm"]]
+    axes = [norm, *[a for a in swept if a != norm]]
     layout = facets.plan(frame, axes, ("hue", "col", "row"))
     figs = []
     for page, part in facets.pages(frame, layout):

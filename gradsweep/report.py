@@ -37,7 +37,8 @@ CAPTIONS = {
     "norm over layer depth-1 (output side) norm at step 0, for the weight gradient and dL/dz.",
     "clipping": "(c) Total gradient norm before and after clipping, and the loss, over training "
     "steps.",
-    "batchnorm": "(d) BatchNorm against none: weight-gradient norm per layer at step 0.",
+    "batchnorm": "(d) BatchNorm (or every norm, when LayerNorm is swept too) against none: "
+    "weight-gradient norm per layer at step 0.",
     "histograms": "(e) Distribution of log10|g| of the weight-gradient elements of all layers at "
     "step 0, per configuration, from the fixed bins; each panel gives the fraction of exact zeros "
     "and of magnitudes below 2^-40, which the axis does not show.",
@@ -50,7 +51,7 @@ CAPTIONS = {
 SKIPPED = {
     "ratio_heatmap": "fewer than two axes swept",
     "clipping": "clipping is off in every run",
-    "batchnorm": "BatchNorm not swept",
+    "batchnorm": "neither BatchNorm nor the norm swept",
     "over_steps": "no training steps logged",
     "devices": "not both CPU and CUDA runs present",
     **theory_figures.SKIPPED,

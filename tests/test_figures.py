@@ -120,6 +120,8 @@ def test_figures_split_by_norm_and_residual(remedy_axes) -> None:
         assert {"norm", "residual", "init_scale"} <= set(data.columns), name
         assert (data["configs"] == 1).all() and (data["seeds"] == 2).all(), name
         assert len(data[["norm", "residual", "init_scale"]].drop_duplicates()) == 12, name
+    (norms,) = figures.batchnorm(init, swept)
+    assert set(drawn(norms).data["norm"]) == {"none", "layer"}
     (profile,) = figures.layer_profile(init, swept)
     titles = {ax.get_title() for ax in profile.axes}
     assert titles == {
