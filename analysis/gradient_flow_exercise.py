@@ -179,3 +179,67 @@ ax.set(
     xlabel="log10 |weight gradient| (non-zero elements)",
     ylabel="elements per binade (gradsweep's bins)",
 )
+
+# %% [markdown]
+# ## One step further: 50 layers, residual connections and LayerNorm
+#
+# The exercise stops at 5 layers. At 50, sigmoid, tanh and even ReLU all vanish.
+# The same networks are then given a skip connection around every hidden layer
+# (`residual=True`: h -> h + act(Linear(h))), LayerNorm after every hidden Linear
+# layer (`norm="layer"`), and both (LayerNorm inside the branch, before the
+# Linear layer). Output layers are linear, as for ReLU in section 4. Each network
+# is one `gradsweep.run`, read back with `gradsweep.load`. The ratio is now taken
+# of dL/dz, the gradient at each Linear layer's output: a weight gradient also
+# carries the layer's input, which a residual stream inflates toward the output.
+
+# %%
+DEEP = 50
+REMEDIES = {
+    "plain": {},
+    "residual": {"residual": True},
+    "LayerNorm": {"norm": "layer"},
+    "residual + LayerNorm": {"residual": True, "norm": "layer"},
+}
+
+
+def deep_preact_norms(act: str, **remedy) -> np.ndarray:
+    """Step-0 norms of dL/dz of a 50-layer network, output layer first (backprop order)."""
+    config = {"act": act, "depth": DEEP, "output_act": False, "seed": SEED, **remedy}
+    rows = gradsweep.load(gradsweep.run(EXTRA_DIR, **config), steps=0)
+    preact = rows[rows["tensor"] == "preact"]
+    return preact.sort_values("layer")["grad_norm"].to_numpy()[::-1]
+
+
+deep_norms = {
+    (act, name): deep_preact_norms(act, **remedy)
+    for act in ("sigmoid", "tanh", "relu")
+    for name, remedy in REMEDIES.items()
+}
+for (act, name), norms in deep_norms.items():
+    print(f"depth {DEEP}, {act}, {name}: dL/dz last / first = {norms[-1] / norms[0]:.3e}")
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharey=True, constrained_layout=True)
+for ax, act in zip(axes, ("sigmoid", "tanh", "relu")):
+    for name in REMEDIES:
+        ax.plot(deep_norms[act, name], label=name)
+    ax.set(yscale="log", title=act, xlabel="Linear layer, in backprop order (0 = output side)")
+axes[0].set_ylabel("dL/dz L2 norm at step 0")
+axes[-1].legend(fontsize=8)
+
+# %% [markdown]
+# **Question.** Which change keeps dL/dz within a factor of 100 of the output
+# layer's across all 50 layers, for all three activations? Why does LayerNorm
+# alone rescue tanh but not sigmoid?
+#
+# **Answer.** The skip connection, alone or with LayerNorm. It adds the identity
+# to every layer's Jacobian, so the gradient on the residual stream passes each
+# layer unchanged plus what the branch adds: it cannot shrink layer after layer.
+# (It can grow instead: every branch adds to it, which is why most ratios with a
+# skip connection sit above 1.) LayerNorm divides each layer by the standard
+# deviation of its input, which cancels the weights' scale sigma_w on the way
+# back, but not the activation's own factor: the slope of tanh is 1 at 0, as
+# large as its output, and the gradient stays level; the sigmoid's slope is at
+# most 1/4, small next to its output (about 1/2, not centred at 0), which is
+# what the next LayerNorm divides by, so the gradient still shrinks at every
+# layer. The report's remedies figure
+# (`python -m gradsweep -m experiment=remedies_depth50`) draws this comparison
+# with seed bands and the theory's predictions.

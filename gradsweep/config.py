@@ -40,6 +40,17 @@ class Init(str, Enum):
     fan_in = "fan_in"
 
 
+class Norm(str, Enum):
+    none = "none"
+    batch = "batch"
+    layer = "layer"
+
+
+class NormPosition(str, Enum):
+    pre = "pre"
+    post = "post"
+
+
 class BiasInit(str, Enum):
     default = "default"
     zeros = "zeros"
@@ -85,6 +96,10 @@ class RunConfig:
     init_scale: float = 1.0
     bias_init: BiasInit = BiasInit.default
     batchnorm: bool = False
+    norm: Norm = Norm.none
+    residual: bool = False
+    branch_scale: Any = 1.0
+    norm_position: NormPosition = NormPosition.pre
     clip: float | None = None
     device: Device = Device.cpu
     dtype: DType = DType.float32
@@ -174,6 +189,50 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+# The depth-aware values of `branch_scale`: name -> the scale of a network of `depth` Linear layers.
+BRANCH_SCALES: dict[str, Callable[[int], float]] = {
+    "inv_sqrt_depth": lambda depth: 1.0 / math.sqrt(depth),
+    "inv_depth": lambda depth: 1.0 / depth,
+}
+
+
+def branch_scale_text(value: Any) -> str:
+    """`branch_scale` as the run file writes it: a named choice, or a number as Python's float.
+
+    `1`, `1.0` and `'1.0'` are the same value, so they make the same run (and run key).
+    """
+    if isinstance(value, str) and value in BRANCH_SCALES:
+        return value
+    if not isinstance(value, bool):
+        try:
+            return repr(float(value))
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def branch_scale_value(text: str, depth: int) -> float:
+    """The number a valid `branch_scale` (as `branch_scale_text`) stands for at `depth`."""
+    named = BRANCH_SCALES.get(text)
+    return named(depth) if named is not None else float(text)
+
+
+def resolve_norm(batchnorm: bool, norm: Any) -> str:
+    """The normalisation `batchnorm` and `norm` ask for together: `batchnorm=true` is `norm=batch`.
+
+    A conflicting pair (`batchnorm=true norm=layer`) raises ConfigValueError naming both.
+    """
+    norm = _plain(norm)
+    if not batchnorm:
+        return norm
+    if norm not in (Norm.none.value, Norm.batch.value):
+        raise ConfigValueError(
+            f"batchnorm=true conflicts with norm={norm}: batchnorm=true means norm=batch; "
+            "give only one of them"
+        )
+    return Norm.batch.value
+
+
 def _getter(cfg: Any) -> Any:
     """`get(key, default)` of a mapping, DictConfig or dataclass configuration."""
     if isinstance(cfg, (Mapping, DictConfig)):
@@ -182,10 +241,33 @@ def _getter(cfg: Any) -> Any:
 
 
 def run_values(cfg: Any) -> dict[str, Any]:
-    """The run's keys as plain Python values (Enums as their names), in schema order."""
+    """The run's keys as plain Python values (Enums as their names), in schema order.
+
+    `batchnorm` and `norm` agree (a conflicting pair raises ConfigValueError), and
+    `branch_scale` is its `branch_scale_text`.
+    """
     get = _getter(cfg)
     defaults = RunConfig()
-    return {k: _plain(get(k, getattr(defaults, k))) for k in RUN_KEYS}
+    values = {k: _plain(get(k, getattr(defaults, k))) for k in RUN_KEYS}
+    values["norm"] = resolve_norm(values["batchnorm"], values["norm"])
+    values["batchnorm"] = values["norm"] == Norm.batch.value
+    values["branch_scale"] = branch_scale_text(values["branch_scale"])
+    return values
+
+
+# The keys added with residual networks and LayerNorm, each with the values that give the network
+# there was before them: left out of the run key there, so that such a run keeps its key and dir.
+_LEGACY_VALUES: dict[str, tuple[Any, ...]] = {
+    "norm": (Norm.none.value, Norm.batch.value),  # `batchnorm` holds which
+    "residual": (False,),
+    "branch_scale": (branch_scale_text(RunConfig.branch_scale),),
+    "norm_position": (NormPosition.pre.value,),
+}
+
+
+def identity_values(cfg: Any) -> dict[str, Any]:
+    """What a run's identity (`run_key`) is made of: `run_values` less keys at a legacy value."""
+    return {k: v for k, v in run_values(cfg).items() if v not in _LEGACY_VALUES.get(k, (object(),))}
 
 
 THREADS_AUTO = "auto"
@@ -233,12 +315,63 @@ def validate(cfg: Any) -> dict[str, Any]:
     if v["batchnorm"] and v["batch_size"] < 2:
         raise ConfigValueError(
             f"batch_size={v['batch_size']} is invalid: batch_size must be >= 2 with batchnorm=true"
+            " (norm=batch)"
         )
+    _check_architecture(v)
     if v["seed"] < 0 or v["data_seed"] < 0:
         raise ConfigValueError(
             f"seed={v['seed']}, data_seed={v['data_seed']} is invalid: seeds must be integers >= 0"
         )
     return v
+
+
+def residual_layers(depth: int, width: int, in_features: int) -> list[bool]:
+    """Which Linear layers get a skip connection under `residual=true`: the hidden ones whose
+    input and output widths agree (layer 0 only when in_features == width; never the output)."""
+    return [index < depth - 1 and (index > 0 or in_features == width) for index in range(depth)]
+
+
+def _check_architecture(v: dict[str, Any]) -> None:
+    """The normalisation and residual keys fit together and with the network's sizes."""
+    scale = v["branch_scale"]
+    if scale not in BRANCH_SCALES:
+        try:
+            number = float(scale)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise ConfigValueError(
+                f"branch_scale={scale!r} is invalid: branch_scale must be a finite number > 0 or "
+                f"one of: {', '.join(BRANCH_SCALES)}"
+            )
+    if v["norm"] == Norm.layer.value and v["width"] < 2:
+        raise ConfigValueError(
+            f"width={v['width']} is invalid: width must be >= 2 with norm=layer "
+            "(LayerNorm of one feature is constant)"
+        )
+    if not v["residual"]:
+        if scale != _LEGACY_VALUES["branch_scale"][0]:
+            raise ConfigValueError(
+                f"branch_scale={scale} is invalid without residual=true: it scales the "
+                "residual branch, and there is none"
+            )
+        if v["norm_position"] != NormPosition.pre.value:
+            raise ConfigValueError(
+                f"norm_position={v['norm_position']} is invalid without residual=true: without "
+                "a skip connection the norm sits after the Linear layer, before the activation"
+            )
+        return
+    if v["norm"] == Norm.none.value and v["norm_position"] != NormPosition.pre.value:
+        raise ConfigValueError(
+            f"norm_position={v['norm_position']} is invalid with norm=none: there is no norm "
+            "to place; set norm=batch or norm=layer"
+        )
+    if not any(residual_layers(v["depth"], v["width"], v["in_features"])):
+        raise ConfigValueError(
+            f"residual=true is invalid with depth={v['depth']}, in_features={v['in_features']}, "
+            f"width={v['width']}: no hidden layer has equal input and output widths; use "
+            "depth >= 3, or in_features=width"
+        )
 
 
 def _is_count(value: Any) -> bool:
@@ -260,7 +393,7 @@ def check_sweeper_options(group_size: Any, max_batch_size: Any) -> None:
 
 def run_key(cfg: Any) -> str:
     """Stable 16-hex-digit hash of the run's resolved keys (not the Hydra node nor output names)."""
-    payload = json.dumps(run_values(cfg), sort_keys=True, default=str)
+    payload = json.dumps(identity_values(cfg), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -272,9 +405,14 @@ def run_dirname(cfg: Any) -> str:
     """
     v = run_values(cfg)
     clip = "none" if v["clip"] is None else f"{v['clip']:g}"
+    layer_norm = "-ln1" if v["norm"] == Norm.layer.value else ""
+    residual = ""
+    if v["residual"]:
+        position = "" if v["norm"] == Norm.none.value else f"-{v['norm_position']}"
+        residual = f"-res{v['branch_scale']}{position}"
     return (
         f"{v['act']}-d{v['depth']}-w{v['width']}-{v['init']}x{v['init_scale']:g}"
-        f"-bn{int(v['batchnorm'])}-clip{clip}-s{v['seed']}-{run_key(v)[:8]}"
+        f"-bn{int(v['batchnorm'])}{layer_norm}{residual}-clip{clip}-s{v['seed']}-{run_key(v)[:8]}"
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from gradsweep.config import resolve_threads
-from gradsweep.model.parts import plan_layers
+from gradsweep.model.parts import plan_for
 from gradsweep.model.stacked import plan_specs
 from gradsweep.probe import strategy_for
 from gradsweep.progress import redone_status, skipped_status
@@ -76,15 +76,7 @@ def planned_execution(members: Sequence[Mapping[str, Any]], threads: int) -> Exe
     """
     v = members[0]
     name = _planned_device_name(v["device"])
-    plan = plan_layers(
-        v["act"],
-        v["depth"],
-        v["width"],
-        v["in_features"],
-        v["out_features"],
-        v["output_act"],
-        v["batchnorm"],
-    )
+    plan = plan_for(v)
     replicas = sum(m["replicas"] for m in members)
     device_type = "cpu" if name == "cpu" else "cuda"
     strategy = strategy_for(plan_specs(plan, v["batch_size"]), replicas, device_type)

@@ -29,9 +29,18 @@ ENCODINGS = tuple(CAPACITY)
 PAGE = "page"
 
 
+# `batchnorm` is `norm == "batch"`: of the two, a sweep shows `norm` once it holds another norm
+# than BatchNorm, and `batchnorm` (as every sweep before `norm` existed) while it does not.
+NORM_AXIS, BATCHNORM_AXIS, BATCHNORM_NORMS = "norm", "batchnorm", frozenset({"none", "batch"})
+
+
 def swept(frame: pd.DataFrame, axes: Iterable[str]) -> list[str]:
-    """The `axes` (in their order) that hold more than one value in `frame`."""
-    return [a for a in axes if a in frame and frame[a].nunique(dropna=False) > 1]
+    """The `axes` (in their order) that hold more than one value in `frame`, aliases once."""
+    found = [a for a in axes if a in frame and frame[a].nunique(dropna=False) > 1]
+    if {NORM_AXIS, BATCHNORM_AXIS} <= set(found):
+        only_batch = set(frame[NORM_AXIS].dropna()) <= BATCHNORM_NORMS
+        found.remove(NORM_AXIS if only_batch else BATCHNORM_AXIS)
+    return found
 
 
 def _determined(frame: pd.DataFrame, by: Sequence[str], axis: str) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gradsweep import theory
+from gradsweep.config import branch_scale_value
 
 MIN_BN_BATCH = 4  # the finite-batch BatchNorm rate needs E[1/chi^2_{B-1}] < inf
 
@@ -45,6 +46,10 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
         values["batchnorm"],
         values["batch_size"],
         values["output_act"],
+        norm=values["norm"],
+        residual=values["residual"],
+        branch_scale=branch_scale_value(values["branch_scale"], depth),
+        norm_position=values["norm_position"],
     )
 
 

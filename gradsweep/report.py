@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gradsweep import figures, recorded_figures, theory_figures
+from gradsweep import figures, recorded_figures, remedies, theory_figures
 from gradsweep.drawn import FigureFiles, save_figures
 from gradsweep.labels import axis_value, readable
 from gradsweep.schema import CONFIG_COLUMNS, RECORDER_SOURCE, SWEEP_SOURCE
@@ -37,7 +37,8 @@ CAPTIONS = {
     "norm over layer depth-1 (output side) norm at step 0, for the weight gradient and dL/dz.",
     "clipping": "(c) Total gradient norm before and after clipping, and the loss, over training "
     "steps.",
-    "batchnorm": "(d) BatchNorm against none: weight-gradient norm per layer at step 0.",
+    "batchnorm": "(d) BatchNorm (or every norm, when LayerNorm is swept too) against none: "
+    "weight-gradient norm per layer at step 0.",
     "histograms": "(e) Distribution of log10|g| of the weight-gradient elements of all layers at "
     "step 0, per configuration, from the fixed bins; each panel gives the fraction of exact zeros "
     "and of magnitudes below 2^-40, which the axis does not show.",
@@ -45,14 +46,16 @@ CAPTIONS = {
     "training.",
     "devices": "(g) CPU against CUDA: the same configuration and seed measured on both devices.",
     **theory_figures.CAPTIONS,
+    "remedies": remedies.CAPTION,
 }
 SKIPPED = {
     "ratio_heatmap": "fewer than two axes swept",
     "clipping": "clipping is off in every run",
-    "batchnorm": "BatchNorm not swept",
+    "batchnorm": "neither BatchNorm nor the norm swept",
     "over_steps": "no training steps logged",
     "devices": "not both CPU and CUDA runs present",
     **theory_figures.SKIPPED,
+    "remedies": remedies.SKIPPED,
 }
 SHOWN_ROWS = 200
 FIGURE_NOTE = (
@@ -118,7 +121,9 @@ def _figure_plan(
             else []
         ),
         "devices": lambda: figures.devices(init),
-        **theory_figures.figure_plan(runs),
+        **theory_figures.figure_plan(
+            runs, {**theory_figures.MAKERS, "remedies": remedies.remedies}
+        ),
     }
 
 

@@ -13,11 +13,12 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 import pyarrow as pa
 
 from gradsweep.bins import N_HIST_BINS
-from gradsweep.config import CHOICES
+from gradsweep.config import BRANCH_SCALES, CHOICES
 
 SCHEMA_VERSION = 3
 # Versions the readers accept; a version-2 file reads with the columns version 3 added as null.
@@ -45,7 +46,11 @@ class Role(str, Enum):
 
 @dataclass(frozen=True)
 class Column:
-    """One run file column; `config_key` is the run key a configuration column holds."""
+    """One run file column; `config_key` is the run key a configuration column holds.
+
+    `absent` is the value a reader gives rows of files written before the column
+    existed (None: the column has been in every file of this schema version).
+    """
 
     name: str
     type: pa.DataType
@@ -53,6 +58,7 @@ class Column:
     role: Role
     meaning: str
     config_key: str | None = None
+    absent: Any = None
 
 
 STRING = pa.large_string()
@@ -107,7 +113,41 @@ COLUMNS: tuple[Column, ...] = (
         BOOL,
         NOT_NULL,
         CONFIG,
-        "BatchNorm1d after every hidden Linear layer, before its activation",
+        "BatchNorm1d after every hidden Linear layer, before its activation (`norm` = batch)",
+    ),
+    Column(
+        "norm",
+        STRING,
+        NOT_NULL,
+        CONFIG,
+        f"normalisation of every hidden layer: {_one_of('norm')} (see docs/configuration.md)",
+        absent="none",
+    ),
+    Column(
+        "residual",
+        BOOL,
+        NOT_NULL,
+        CONFIG,
+        "skip connection around every hidden layer whose input and output widths agree",
+        absent=False,
+    ),
+    Column(
+        "branch_scale",
+        STRING,
+        NOT_NULL,
+        CONFIG,
+        "scale of the residual branch as configured: a number written as a float (`1.0`) or "
+        f"{', '.join(BRANCH_SCALES)}",
+        absent="1.0",
+    ),
+    Column(
+        "norm_position",
+        STRING,
+        NOT_NULL,
+        CONFIG,
+        f"where a residual layer's norm sits: {_one_of('norm_position')} (pre: in the branch "
+        "before the Linear layer; post: after the addition)",
+        absent="pre",
     ),
     Column(
         "output_act", BOOL, NOT_NULL, CONFIG, "whether the output layer gets the activation too"
@@ -178,10 +218,12 @@ COLUMNS: tuple[Column, ...] = (
         STRING,
         NOT_NULL,
         INDEX,
-        "`weight`, `bias`, `bn_weight`, `bn_bias` (BatchNorm affine parameters of that layer)"
-        " or `preact` (dL/dz_l at the Linear layer's output, before BatchNorm); in Recorder "
-        "files the parameter's own name (`weight`, `bias`, ...) or `output` (dL/d(module "
-        "output), a watched module's output gradient)",
+        "`weight`, `bias`, `bn_weight`, `bn_bias` (BatchNorm affine parameters of that layer), "
+        "`ln_weight`, `ln_bias` (LayerNorm's), `preact` (dL/dz_l at the Linear layer's output, "
+        "before any norm) or `stream` (dL/dh_l at a residual layer's output h_l on the residual "
+        "stream, after the addition and any post-norm); in Recorder files the parameter's own "
+        "name (`weight`, `bias`, ...) or `output` (dL/d(module output), a watched module's output "
+        "gradient)",
     ),
     Column("grad_norm", FLOAT, NULL, STAT, "L2 norm of the gradient, before clipping"),
     Column(
@@ -190,8 +232,8 @@ COLUMNS: tuple[Column, ...] = (
         NULL,
         STAT,
         "L2 norm after clipping (grad_norm times the replica's clip factor; equal to "
-        "grad_norm when clipping is off, for `preact`, which is never clipped, and in Recorder "
-        "files, which record the gradients before any clipping of the user's loop)",
+        "grad_norm when clipping is off, for `preact` and `stream`, which are never clipped, and "
+        "in Recorder files, which record the gradients before any clipping of the user's loop)",
     ),
     Column("grad_mean", FLOAT, NULL, STAT, "mean over the tensor's elements"),
     Column("grad_std", FLOAT, NULL, STAT, "population std (ddof=0) over the tensor's elements"),
@@ -212,15 +254,16 @@ COLUMNS: tuple[Column, ...] = (
         FLOAT,
         NULL,
         STAT,
-        "L2 norm of the parameter at the time of the gradient; null for `preact` and `output`",
+        "L2 norm of the parameter at the time of the gradient; null for `preact`, `stream` and "
+        "`output`",
     ),
     Column(
         "param_std",
         FLOAT,
         NULL,
         STAT,
-        "population std of the parameter at the time of the gradient; null for `preact` and "
-        "`output`",
+        "population std of the parameter at the time of the gradient; null for `preact`, "
+        "`stream` and `output`",
     ),
     Column("loss", FLOAT, NULL, OUTCOME, "the replica's loss at this step"),
     Column(
@@ -246,7 +289,7 @@ COLUMNS: tuple[Column, ...] = (
         PRED,
         "mean-field prediction of abs(dL/dz_l) / abs(dL/dz_{l+1}) at initialisation, with the"
         " replica's own init_scale; null on the output layer, on rows that are not `preact`, "
-        "and with BatchNorm below batch 4",
+        "with BatchNorm below batch 4 and with BatchNorm in a residual network (no closed form)",
     ),
     Column(
         "pred_preact_norm",
@@ -283,6 +326,8 @@ CONFIG_COLUMNS: tuple[str, ...] = names(Role.configuration)
 CONFIG_KEYS: dict[str, str] = {
     c.name: c.config_key or c.name for c in COLUMNS if c.role is Role.configuration
 }
+# Columns newer than some files of this schema version -> the value their rows are read with.
+ABSENT_VALUES: dict[str, Any] = {c.name: c.absent for c in COLUMNS if c.absent is not None}
 PRED_COLUMNS: tuple[str, ...] = names(Role.prediction)
 HIST_COLUMN: str = names(Role.histogram)[0]
 # The string-valued columns: few distinct values over many rows.
@@ -296,6 +341,10 @@ AXIS_PRIORITY: tuple[str, ...] = (
     "width",
     "init",
     "batchnorm",
+    "norm",
+    "residual",
+    "branch_scale",
+    "norm_position",
     "clip",
     "output_act",
     "bias_init",
@@ -308,6 +357,10 @@ AXIS_PRIORITY: tuple[str, ...] = (
     "steps",
     "data_seed",
 )
+
+# `tensor` values that are back-propagated gradients at a layer's output, not parameter gradients:
+# never clipped, and not part of a replica's total gradient norm.
+OUTPUT_GRADIENTS: tuple[str, ...] = ("preact", "stream")
 
 # What decides a run's bits besides its configuration (`gradsweep.execution`): a resumed sweep
 # keeps or, when asked, redoes a complete file that records other values, never mixes silently.

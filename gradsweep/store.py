@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
 from gradsweep.bins import HIST_BIN_LABELS
-from gradsweep.config import run_key
+from gradsweep.config import run_key, run_values
 from gradsweep.schema import (
+    ABSENT_VALUES,
     CONFIG_COLUMNS,
     CONFIG_KEYS,
     EXECUTION_METADATA,
@@ -287,6 +289,22 @@ def find_run_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Proble
     return list(first.values()), problems
 
 
+def with_absent_values(table: pa.Table) -> pa.Table:
+    """`table` of sweep files with the rows of files older than a column given its `absent` value.
+
+    A sweep file always holds its configuration, so a null there can only come from a file
+    without the column.
+    """
+    for name, value in ABSENT_VALUES.items():
+        index = table.schema.get_field_index(name)
+        if index >= 0 and table.column(index).null_count:
+            filled = pc.fill_null(
+                table.column(index), pa.scalar(value, table.schema.field(name).type)
+            )
+            table = table.set_column(index, table.schema.field(name), filled)
+    return table
+
+
 _FORMAT = ds.ParquetFileFormat(
     read_options=ds.ParquetReadOptions(dictionary_columns=list(STRING_COLUMNS))
 )
@@ -302,9 +320,14 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, Problem | None]:
         return None, Problem(str(path), "refused", str(err))
     except (OSError, KeyError, ValueError, yaml.YAMLError, pa.ArrowException) as err:
         return None, Problem(str(path), "unreadable", f"{type(err).__name__}: {err}")
-    config = {column: values.get(key) for column, key in CONFIG_KEYS.items()}
     source = values.get("source", SWEEP_SOURCE)
-    key = values["run_key"] if source == RECORDER_SOURCE else run_key(values)
+    if source == RECORDER_SOURCE:
+        config = {column: values.get(key) for column, key in CONFIG_KEYS.items()}
+        key = values["run_key"]
+    else:
+        resolved = run_values(values)  # keys newer than the file at their defaults
+        config = {column: resolved[key] for column, key in CONFIG_KEYS.items()}
+        key = run_key(values)
     record = {"path": str(path), "run_key": key, "source": source, **config}
     record["seed"] = values.get("seed")
     return {**record, "footer_summary": meta.get("summary")}, None
@@ -363,8 +386,17 @@ class RunSet:
     def _scan(
         self, files: list[str], columns: list[str] | None, filter: ds.Expression | None
     ) -> pa.Table:
-        dataset = ds.dataset(files, schema=self.schema, format=_FORMAT)
-        return dataset.to_table(columns=columns, filter=filter)
+        """Sweep files with the values of columns newer than them filled in; recordings as read,
+        since the configuration columns are null in them."""
+        parts = []
+        for recorded in (False, True):
+            part = [f for f in files if (self.sources.get(f) == RECORDER_SOURCE) is recorded]
+            if part:
+                table = ds.dataset(part, schema=self.schema, format=_FORMAT).to_table(
+                    columns=columns, filter=filter
+                )
+                parts.append(table if recorded else with_absent_values(table))
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def _scan_each(
         self, files: list[str], columns: list[str] | None, filter: ds.Expression | None

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from gradsweep.config import CHOICES, check_choice
+from gradsweep.config import CHOICES, check_choice, residual_layers
 
 Array = np.ndarray
 ActFn = Callable[[Array], Array]
@@ -342,6 +343,120 @@ def relu_batchnorm_rate(batch_size: int) -> float:
     return numerator / ((b - 3) * (b - 1) * (0.5 - relu_kernel))
 
 
+# ------------------------------------------------------- LayerNorm and residual layers
+
+
+@dataclass
+class _Stream:
+    """Per-sample statistics over the features of a layer's output h: mean and second moment."""
+
+    mean: float
+    second: float
+
+    @property
+    def variance(self) -> float:
+        return self.second - self.mean**2
+
+    def plus_branch(self, act: str, q: float, alpha: float) -> _Stream:
+        """h + alpha phi(z), z ~ N(0, q) independent of h unit by unit (the residual addition)."""
+        phi = activation(act)
+        m1, m2 = gauss_expect(phi, q), gauss_expect(lambda x: phi(x) ** 2, q)
+        return _Stream(
+            self.mean + alpha * m1, self.second + alpha**2 * m2 + 2 * alpha * self.mean * m1
+        )
+
+
+def _gain(act: str, q: float) -> float:
+    """E[phi'(sqrt(q) u)^2]."""
+    dphi = activation_derivative(act)
+    return gauss_expect(lambda x: dphi(x) ** 2, max(q, _Q_TINY))
+
+
+def _plain_layer(
+    act: str, stream: _Stream, sw2: float, sb2: float, layer_norm: bool
+) -> tuple[float, float, _Stream]:
+    """(a, b, output) of Linear -> [LayerNorm] -> phi: |dL/dz|^2 = a |dL/dh|^2, |dL/dh_in|^2 = b
+    |dL/dh|^2 with h the layer's output, and the statistics of h."""
+    phi = activation(act)
+    q = sw2 * stream.second + sb2
+    # LayerNorm divides z by its per-sample std over the features, sqrt(q) at infinite width
+    q_act, jacobian = (1.0, 1.0 / q) if layer_norm else (q, 1.0)
+    a = _gain(act, q_act) * jacobian
+    out = _Stream(gauss_expect(phi, q_act), gauss_expect(lambda x: phi(x) ** 2, q_act))
+    return a, sw2 * a, out
+
+
+def _residual_layer(
+    act: str, stream: _Stream, sw2: float, sb2: float, alpha: float, norm: str, position: str
+) -> tuple[float, float, _Stream]:
+    """(a, b, output) of a residual layer without a norm or with LayerNorm pre or post."""
+    if norm == "layer" and position == "pre":
+        # the branch sees its input standardised per sample; the skip path carries it unscaled
+        q = sw2 + sb2
+        e = _gain(act, q)
+        return (
+            alpha**2 * e,
+            1.0 + alpha**2 * sw2 * e / stream.variance,
+            stream.plus_branch(act, q, alpha),
+        )
+    q = sw2 * stream.second + sb2
+    e = _gain(act, q)
+    total = stream.plus_branch(act, q, alpha)
+    if norm == "layer":  # post: the sum is standardised, its gradient divided by its std
+        return (
+            alpha**2 * e / total.variance,
+            (1.0 + alpha**2 * sw2 * e) / total.variance,
+            (_Stream(0.0, 1.0)),
+        )
+    return alpha**2 * e, 1.0 + alpha**2 * sw2 * e, total
+
+
+def block_factors(
+    act: str,
+    depth: int,
+    width: int,
+    in_features: int = 10,
+    out_features: int = 1,
+    init: str = "default",
+    init_scale: float = 1.0,
+    bias_init: str = "default",
+    norm: str = "none",
+    residual: bool = False,
+    branch_scale: float = 1.0,
+    norm_position: str = "pre",
+    input_var: float = 1.0,
+) -> Array:
+    """Predicted |dL/dz_l| / |dL/dz_{l+1}|, l = 0..depth-2, of LayerNorm and residual networks.
+
+    Mean field at infinite width: each layer's output statistics over the
+    features go forward; backward, |dL/dz_l|^2 = a_l |dL/dh_l|^2 and
+    |dL/dh_{l-1}|^2 = b_l |dL/dh_l|^2, so r_l^2 = a_l b_{l+1} / a_{l+1}
+    (docs/theory.md). NaN for BatchNorm in a residual network, which has no closed form.
+    """
+    check_choice("act", act)
+    check_choice("norm", norm)
+    check_choice("norm_position", norm_position)
+    if depth < 2:
+        return np.zeros(0)
+    if residual and norm == "batch":
+        return np.full(depth - 1, np.nan)
+    sw2, sb2 = layer_variances(depth, width, in_features, out_features, init, init_scale, bias_init)
+    skips = residual_layers(depth, width, in_features) if residual else [False] * depth
+    stream = _Stream(0.0, input_var)
+    a, b = np.ones(depth), np.ones(depth)
+    for layer in range(depth - 1):
+        if skips[layer]:
+            a[layer], b[layer], stream = _residual_layer(
+                act, stream, sw2[layer], sb2[layer], branch_scale, norm, norm_position
+            )
+        else:
+            a[layer], b[layer], stream = _plain_layer(
+                act, stream, sw2[layer], sb2[layer], norm == "layer"
+            )
+    b[-1] = sw2[-1]  # the output layer's a cancels: r_{L-2}^2 = a_{L-2} sigma_w^2(L-1)
+    return np.sqrt(a[:-1] * b[1:] / a[1:])
+
+
 # ------------------------------------------------------------ per-layer predictions
 
 
@@ -358,8 +473,15 @@ def predict_preact_factors(
     batch_size: int = 32,
     output_act: bool = True,
     input_var: float = 1.0,
+    norm: str | None = None,
+    residual: bool = False,
+    branch_scale: float = 1.0,
+    norm_position: str = "pre",
 ) -> Array:
     """Predicted |dL/dz_l| / |dL/dz_{l+1}| for l = 0..depth-2 (length depth-1).
+
+    `norm` (None: `batch` if `batchnorm`, else `none`) of `layer`, or `residual`,
+    is `block_factors`; the rest of this docstring is about plain and BatchNorm networks.
 
     Without BN this is sqrt(chi_1^(l)) along the layer-resolved length map.
     With BN it is sqrt(rate * sigma_w^2(l+1) / sigma_w^2(l)), exact for deep
@@ -369,6 +491,24 @@ def predict_preact_factors(
     anchor dL/dz_{depth-1}, which predict_preact_norms takes as measured.
     """
     check_choice("act", act)
+    norm = ("batch" if batchnorm else "none") if norm is None else norm
+    if residual or norm == "layer":
+        return block_factors(
+            act,
+            depth,
+            width,
+            in_features,
+            out_features,
+            init,
+            init_scale,
+            bias_init,
+            norm,
+            residual,
+            branch_scale,
+            norm_position,
+            input_var,
+        )
+    batchnorm = norm == "batch"
     sw2, sb2 = layer_variances(depth, width, in_features, out_features, init, init_scale, bias_init)
     if depth < 2:
         return np.zeros(0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -205,9 +205,10 @@ def phase_diagram(frame: pd.DataFrame) -> list[plt.Figure]:
     if plain["sigma_w2"].nunique() < 3:
         return []
     gains = _log_gains(plain)
+    gains["feedforward"] = (gains["norm"] == "none") & ~gains["residual"].astype(bool)
     y = "depth" if gains["depth"].nunique() > 1 else "act"
     layout = facets.plan(gains, RUN_AXES, ("col", "row"), placed={"x": ("sigma_w2",), "y": (y,)})
-    cells = pool(gains, layout.shown, "log10_gain", ("mean",))
+    cells = pool(gains, [*layout.shown, "feedforward"], "log10_gain", ("mean",))
     finite = np.abs(cells["mean"][np.isfinite(cells["mean"])])
     limit = max(float(finite.max()) if len(finite) else 0.0, 1e-3)
     figs = []
@@ -225,10 +226,13 @@ def phase_diagram(frame: pd.DataFrame) -> list[plt.Figure]:
         for i, row_value in enumerate(rows):
             for j, col_value in enumerate(cols):
                 panel = facets.select(facets.select(encoded.frame, row, row_value), col, col_value)
-                _phase_panel(axes[i][j], panel, y, limit, cbar=j == len(cols) - 1)
+                critical = bool(panel["feedforward"].all())
+                _phase_panel(axes[i][j], panel, y, limit, cbar=j == len(cols) - 1, mark=critical)
                 title = encoded.panel_title(row_value, col_value)
                 acts = panel["act"].unique()
-                if len(acts) == 1:
+                if not critical:
+                    title += "\nno critical sigma_w^2 (a norm or skip connection)"
+                elif len(acts) == 1:
                     critical = theory.critical_sigma_w2(acts[0])
                     title += f"\ncritical sigma_w^2 = {critical:.3g} (dashed)"
                 else:
@@ -243,8 +247,13 @@ def phase_diagram(frame: pd.DataFrame) -> list[plt.Figure]:
     return figs
 
 
-def _phase_panel(ax: plt.Axes, panel: pd.DataFrame, y: str, limit: float, cbar: bool) -> None:
-    """One phase-diagram heatmap: rows `y`, columns sigma_w^2, cells 10 ** mean log10 gain."""
+def _phase_panel(
+    ax: plt.Axes, panel: pd.DataFrame, y: str, limit: float, cbar: bool, mark: bool
+) -> None:
+    """One phase-diagram heatmap: rows `y`, columns sigma_w^2, cells 10 ** mean log10 gain.
+
+    `mark`: dash the critical sigma_w^2, which only feed-forward networks without a norm have.
+    """
     grid = panel.pivot(index=y, columns="sigma_w2", values="mean")
     xs = grid.columns.to_numpy(dtype=float)
     sns.heatmap(
@@ -258,7 +267,7 @@ def _phase_panel(ax: plt.Axes, panel: pd.DataFrame, y: str, limit: float, cbar: 
         cbar=cbar,
         cbar_kws={"label": "log10 gain of dL/dz per layer"},
     )
-    for i, row_value in enumerate(grid.index):
+    for i, row_value in enumerate(grid.index if mark else []):
         act = row_value if y == "act" else panel["act"].iloc[0]
         _mark_critical(ax, xs, theory.critical_sigma_w2(act), i)
     ax.invert_yaxis()
@@ -469,7 +478,7 @@ def _glorot_panel(ax: plt.Axes, rows: pd.DataFrame) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
 
-def _display_prediction(pre: pd.DataFrame) -> pd.Series:
+def display_prediction(pre: pd.DataFrame) -> pd.Series:
     """pred_preact_norm; BatchNorm runs anchored at the last hidden layer, no output layer.
 
     The step from the output layer of a BatchNorm network depends on the loss.
@@ -501,7 +510,7 @@ def prediction_overlay(frame: pd.DataFrame) -> list[plt.Figure]:
     pre = frame[(frame["tensor"] == "preact") & frame["pred_preact_norm"].notna()]
     if pre.empty:
         return []
-    pre = pre.assign(shown=_display_prediction(pre))
+    pre = pre.assign(shown=display_prediction(pre))
     layout = _overlay_layout(pre)
     by = ["layer", *layout.shown]
     figs = []
@@ -647,8 +656,10 @@ MAKERS: dict[str, Callable[[pd.DataFrame], list[plt.Figure]]] = {
 }
 
 
-def figure_plan(runs: RunSet) -> dict[str, Callable[[], list[plt.Figure]]]:
-    """Name -> figure maker for the report; the step-0 frame is read once, on first use."""
+def figure_plan(
+    runs: RunSet, makers: Mapping[str, Callable[[pd.DataFrame], list[plt.Figure]]] = MAKERS
+) -> dict[str, Callable[[], list[plt.Figure]]]:
+    """Name -> figure of `makers` for the report; the step-0 frame is read once, on first use."""
     cache: dict[str, pd.DataFrame] = {}
 
     def frame() -> pd.DataFrame:
@@ -656,7 +667,7 @@ def figure_plan(runs: RunSet) -> dict[str, Callable[[], list[plt.Figure]]]:
             cache["frame"] = theory_frame(runs)
         return cache["frame"]
 
-    return {name: (lambda make=make: make(frame())) for name, make in MAKERS.items()}
+    return {name: (lambda make=make: make(frame())) for name, make in makers.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

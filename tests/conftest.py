@@ -62,6 +62,24 @@ def three_axis_sweep(make_sweep) -> Path:
     return make_sweep("three_axes", *THREE_AXES)
 
 
+NEW_AXES = ["norm=none,layer", "residual=false,true", "init=fan_in", "init_scale=0.5,1.0,2.0"]
+
+
+@pytest.fixture(scope="session")
+def new_axes_sweep(make_sweep) -> Path:
+    """A real ReLU multirun over norm x residual x sigma_w^2: 12 runs of 2 replicas, depth 4."""
+    return make_sweep(
+        "new_axes",
+        *NEW_AXES,
+        "act=relu",
+        "output_act=false",
+        "depth=4",
+        "width=16",
+        "replicas=2",
+        "steps=0",
+    )
+
+
 @contextmanager
 def mounted_tmpfs(path: Path, size: str = "64k", read_only: bool = False) -> Iterator[Path]:
     """A tmpfs of `size` at `path`, or a read-only one: a full or read-only disk, even for root.

@@ -49,6 +49,18 @@ def test_exercise_notebook_agrees_with_run_files(
     assert (
         ratio < 0.01
     )  # the exercise's vanishing criterion; the values themselves are checked against the run files
+    deep = {
+        (act, name): float(value)
+        for act, name, value in re.findall(
+            r"depth 50, (\w+), ([\w +]+): dL/dz last / first = (\S+)", text
+        )
+    }
+    assert len(deep) == 12
+    for act in ("sigmoid", "tanh", "relu"):
+        assert deep[act, "plain"] < 1e-10  # every activation vanishes at depth 50
+        for name in ("residual", "residual + LayerNorm"):
+            assert 1e-2 < deep[act, name] < 1e2, (act, name)  # the answer's factor of 100
+    assert 0.1 < deep["tanh", "LayerNorm"] < 10 and deep["sigmoid", "LayerNorm"] < 1e-10
 
 
 def test_sweep_explorer_draws_the_report_figures(

@@ -21,8 +21,10 @@ from gradsweep.config import (
     Loss,
     RunConfig,
     available_cores,
+    branch_scale_value,
     check_choice,
     check_sweeper_options,
+    residual_layers,
     resolve_threads,
     run_dirname,
     run_key,
@@ -165,3 +167,126 @@ def test_reading_the_configuration_does_not_load_hydras_config_store() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_runs_that_use_no_new_key_keep_the_key_they_had_before_norm_and_residual() -> None:
+    """The keys a sweep dir of the earlier keys holds, so that it resumes without redoing runs."""
+    base = run_values(RunConfig())
+    assert run_key(base) == "c52955f1a9319203"
+    assert run_key({**base, "act": "relu", "batchnorm": True, "depth": 20}) == "d4f6dac204cfb67f"
+    spelled_out = {"norm": "none", "residual": False, "branch_scale": 1, "norm_position": "pre"}
+    assert run_key({**base, **spelled_out}) == run_key(base)
+    assert run_dirname({**base, **spelled_out}) == run_dirname(base)
+
+
+def test_batchnorm_true_and_norm_batch_are_one_run() -> None:
+    base = run_values(RunConfig())
+    by_flag, by_norm = (
+        run_values({**base, "batchnorm": True}),
+        run_values({**base, "norm": "batch"}),
+    )
+    assert by_flag == by_norm and (by_flag["norm"], by_flag["batchnorm"]) == ("batch", True)
+    assert run_key(by_flag) == run_key(by_norm) and run_dirname(by_flag) == run_dirname(by_norm)
+
+
+def test_new_keys_away_from_their_defaults_make_other_runs() -> None:
+    base = run_values(RunConfig())
+    variants = [
+        {"norm": "layer"},
+        {"residual": True},
+        {"residual": True, "branch_scale": 0.5},
+        {"residual": True, "branch_scale": "inv_sqrt_depth"},
+        {"residual": True, "norm": "layer"},
+        {"residual": True, "norm": "layer", "norm_position": "post"},
+    ]
+    keys = {run_key({**base, **v}) for v in variants}
+    assert len(keys) == len(variants) and run_key(base) not in keys
+    name = run_dirname({**base, **variants[-1]})
+    assert name.startswith("sigmoid-d5-w20-defaultx1-bn0-ln1-res1.0-post-clipnone-s42-")
+
+
+def test_branch_scale_is_written_one_way() -> None:
+    base = run_values(RunConfig())
+    assert {run_values({**base, "branch_scale": s})["branch_scale"] for s in (1, 1.0, "1")} == {
+        "1.0"
+    }
+    assert run_values({**base, "branch_scale": "inv_depth"})["branch_scale"] == "inv_depth"
+    assert branch_scale_value("inv_sqrt_depth", 16) == 0.25
+    assert branch_scale_value("inv_depth", 16) == 1 / 16 and branch_scale_value("0.5", 16) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"batchnorm": True, "norm": "layer"},
+            "batchnorm=true conflicts with norm=layer: batchnorm=true means norm=batch; "
+            "give only one of them",
+        ),
+        (
+            {"norm": "batch", "batch_size": 1},
+            "batch_size=1 is invalid: batch_size must be >= 2 with batchnorm=true (norm=batch)",
+        ),
+        (
+            {"norm": "layer", "width": 1},
+            "width=1 is invalid: width must be >= 2 with norm=layer (LayerNorm of one feature "
+            "is constant)",
+        ),
+        (
+            {"branch_scale": 0.5},
+            "branch_scale=0.5 is invalid without residual=true: it scales the residual branch, "
+            "and there is none",
+        ),
+        (
+            {"norm": "layer", "norm_position": "post"},
+            "norm_position=post is invalid without residual=true: without a skip connection "
+            "the norm sits after the Linear layer, before the activation",
+        ),
+        (
+            {"residual": True, "norm_position": "post"},
+            "norm_position=post is invalid with norm=none: there is no norm to place; set "
+            "norm=batch or norm=layer",
+        ),
+        (
+            {"residual": True, "depth": 2},
+            "residual=true is invalid with depth=2, in_features=10, width=20: no hidden layer "
+            "has equal input and output widths; use depth >= 3, or in_features=width",
+        ),
+        (
+            {"residual": True, "depth": 1, "in_features": 20},
+            "residual=true is invalid with depth=1, in_features=20, width=20",
+        ),
+        (
+            {"residual": True, "branch_scale": "1/sqrt(depth)"},
+            "branch_scale='1/sqrt(depth)' is invalid: branch_scale must be a finite number > 0 "
+            "or one of: inv_sqrt_depth, inv_depth",
+        ),
+        ({"residual": True, "branch_scale": 0}, "branch_scale='0.0' is invalid"),
+        ({"residual": True, "branch_scale": math.inf}, "branch_scale='inf' is invalid"),
+        ({"residual": True, "branch_scale": True}, "branch_scale='True' is invalid"),
+    ],
+)
+def test_norm_and_residual_combinations_that_cannot_work_are_refused(
+    overrides: dict, message: str
+) -> None:
+    with pytest.raises(ConfigValueError) as err:
+        validate({**run_values(RunConfig()), **overrides})
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"residual": True, "depth": 2, "in_features": 20},
+        {"residual": True, "norm": "batch", "norm_position": "post", "branch_scale": "inv_depth"},
+        {"residual": True, "norm": "layer", "act": "identity", "branch_scale": 0.1},
+        {"norm": "layer", "batch_size": 1},
+    ],
+)
+def test_norm_and_residual_combinations_that_work_are_valid(overrides: dict) -> None:
+    validate({**run_values(RunConfig()), **overrides})
+
+
+def test_residual_layers_are_the_hidden_layers_of_equal_widths() -> None:
+    assert residual_layers(4, 20, 10) == [False, True, True, False]
+    assert residual_layers(4, 20, 20) == [True, True, True, False]

@@ -60,3 +60,15 @@ def test_pages_name_their_values_and_files(tmp_path: Path) -> None:
     (only, rows), *rest = facets.pages(frame, facets.plan(frame, ["act"], ("hue",)))
     assert not rest and only.title == "" and len(rows) == len(frame)
     assert facets.page_path(tmp_path, "fig", only).name == "fig.png"
+
+
+def test_batchnorm_and_norm_are_one_axis_shown_once() -> None:
+    """`batchnorm` is `norm == batch`: shown as norm once a sweep holds LayerNorm."""
+    old = pd.DataFrame({"batchnorm": [False, True], "norm": ["none", "batch"], "act": ["relu"] * 2})
+    assert facets.swept(old, ["batchnorm", "norm", "act"]) == ["batchnorm"]
+    new = pd.DataFrame(
+        {"batchnorm": [False, True, False], "norm": ["none", "batch", "layer"], "depth": [3, 3, 5]}
+    )
+    assert facets.swept(new, ["batchnorm", "norm", "depth"]) == ["norm", "depth"]
+    layer = new[new["norm"] != "batch"]
+    assert facets.swept(layer, ["batchnorm", "norm", "depth"]) == ["norm", "depth"]

@@ -98,3 +98,33 @@ def test_histograms_sum_the_seeds_of_each_configuration(made, three_axis_sweep: 
     assert len(mine) == N_HIST_BINS
     np.testing.assert_array_equal(mine.sort_values("bin")["sum"].to_numpy(), expected)
     np.testing.assert_allclose(mine["fraction"].sum(), 1.0)
+
+
+@pytest.fixture(scope="module")
+def remedy_axes(new_axes_sweep: Path) -> dict[str, object]:
+    runs = RunSet([new_axes_sweep])
+    totals, init = scan(runs)
+    return {"runs": runs, "init": init, "summary": summarize(totals, init)}
+
+
+def test_figures_split_by_norm_and_residual(remedy_axes) -> None:
+    runs, init, summary = (remedy_axes[k] for k in ("runs", "init", "summary"))
+    swept = figures.swept_axes(runs.runs)
+    assert swept == ["init_scale", "norm", "residual"]
+    for name, figs in {
+        "layer_profile": figures.layer_profile(init, swept),
+        "ratio_heatmap": figures.ratio_heatmap(summary, swept),
+    }.items():
+        (fig,) = figs
+        data = drawn(fig).data
+        assert {"norm", "residual", "init_scale"} <= set(data.columns), name
+        assert (data["configs"] == 1).all() and (data["seeds"] == 2).all(), name
+        assert len(data[["norm", "residual", "init_scale"]].drop_duplicates()) == 12, name
+    (norms,) = figures.batchnorm(init, swept)
+    assert set(drawn(norms).data["norm"]) == {"none", "layer"}
+    (profile,) = figures.layer_profile(init, swept)
+    titles = {ax.get_title() for ax in profile.axes}
+    assert titles == {
+        f"residual {r} | norm = {n}" for r in ("off", "on") for n in ("layer", "none")
+    }
+    plt.close("all")

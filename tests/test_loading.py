@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import gradsweep
 from gradsweep import store
@@ -178,3 +179,39 @@ def test_an_unknown_version_is_refused_by_name(layout, tmp_path: Path) -> None:
     assert problem.message.endswith(
         "schema version '1' is not supported (this gradsweep reads version 2, 3)"
     )
+
+
+NEWER_COLUMNS = ("norm", "residual", "branch_scale", "norm_position")
+
+
+def _as_written_before_norm_and_residual(path: Path, into: Path) -> Path:
+    """A copy of a run file as this schema version wrote it before the norm and residual keys:
+    without their columns, and a footer config without their keys."""
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    config = yaml.safe_load(meta[b"gradsweep.config"])
+    meta[b"gradsweep.config"] = yaml.safe_dump(
+        {k: v for k, v in config.items() if k not in NEWER_COLUMNS}
+    ).encode()
+    older = table.drop_columns(list(NEWER_COLUMNS)).replace_schema_metadata(meta)
+    into.mkdir(parents=True)
+    pq.write_table(older, into / STATS_FILE)
+    return into / STATS_FILE
+
+
+def test_files_older_than_the_norm_and_residual_columns_load_with_their_defaults(
+    make_sweep, tmp_path: Path
+) -> None:
+    sweep = make_sweep("newer", "act=relu", "depth=4", "norm=none,layer", "steps=1")
+    plain, layered = sorted(sweep.glob(f"*/{STATS_FILE}"), key=lambda p: "-ln1" in str(p))
+    older = _as_written_before_norm_and_residual(plain, tmp_path / "older" / plain.parent.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = gradsweep.load(older, layered)
+    by_file = frame.groupby("run_key")[list(NEWER_COLUMNS)].agg(set)
+    assert sorted(map(tuple, by_file.map(lambda s: next(iter(s))).to_numpy())) == [
+        ("layer", False, "1.0", "pre"),
+        ("none", False, "1.0", "pre"),
+    ]
+    runs = store.RunSet([older]).runs
+    assert runs[list(NEWER_COLUMNS)].iloc[0].tolist() == ["none", False, "1.0", "pre"]

@@ -76,6 +76,12 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(
         (["act=sigmoid,foo", "width=8,16"], "'foo'"),
         (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
         (["act=sigmoid,relu", "threads=1,2"], "threads=1,2 cannot be swept"),
+        (["batchnorm=true", "norm=none,layer"], "batchnorm=true conflicts with norm=layer"),
+        (["residual=true", "depth=3,2"], "residual=true is invalid with depth=2"),
+        (
+            ["residual=true", "branch_scale=1,'1/sqrt(depth)'"],
+            "branch_scale='1/sqrt(depth)' is invalid",
+        ),
     ],
 )
 def test_a_bad_value_inside_a_sweep_stops_it_before_the_first_run(

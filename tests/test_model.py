@@ -8,7 +8,8 @@ from torch import nn
 
 from gradsweep import theory
 from gradsweep.config import Init
-from gradsweep.model import build_mlp
+from gradsweep.model import ResidualBlock, build_mlp
+from gradsweep.model.parts import BranchScale
 
 
 def test_exercise_network_is_5_linear_plus_5_sigmoid() -> None:
@@ -30,6 +31,62 @@ def test_batchnorm_after_hidden_linear_before_activation_never_on_output() -> No
         nn.ReLU,
         nn.Linear,
     ]
+
+
+def test_layernorm_sits_where_batchnorm_does() -> None:
+    net = build_mlp(act="tanh", depth=3, norm="layer")
+    assert [type(m) for m in net] == [
+        nn.Linear,
+        nn.LayerNorm,
+        nn.Tanh,
+        nn.Linear,
+        nn.LayerNorm,
+        nn.Tanh,
+        nn.Linear,
+        nn.Tanh,
+    ]
+    assert net[1].normalized_shape == (20,)
+
+
+def _branch(block: nn.Module) -> list[type]:
+    return [type(m) for m in block.branch]
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_residual_blocks_wrap_the_hidden_layers_of_equal_widths(position: str) -> None:
+    """Layer 0 (10 -> 20) and the output layer stay plain; pre-norm normalises the branch's input,
+    post-norm the sum."""
+    net = build_mlp(
+        act="relu", depth=4, norm="layer", residual=True, branch_scale=0.5, norm_position=position
+    )
+    assert [type(m) for m in net] == [
+        nn.Linear,
+        nn.LayerNorm,
+        nn.ReLU,
+        ResidualBlock,
+        ResidualBlock,
+        nn.Linear,
+        nn.ReLU,
+    ]
+    in_branch = [nn.Linear, nn.ReLU, BranchScale]
+    for block in net[3:5]:
+        assert _branch(block) == ([nn.LayerNorm] if position == "pre" else []) + in_branch
+        assert [type(m) for m in block.post] == ([nn.LayerNorm] if position == "post" else [])
+        assert block.branch[-1].scale == 0.5
+
+
+def test_a_residual_block_adds_its_scaled_branch_to_its_input() -> None:
+    net = build_mlp(act="tanh", depth=3, residual=True, branch_scale="inv_sqrt_depth", seed=0)
+    block = net[2]
+    h = torch.randn(4, 20)
+    linear = block.branch[0]
+    expected = h + torch.tanh(linear(h)) / 3**0.5
+    torch.testing.assert_close(block(h), expected)
+
+
+def test_batchnorm_true_with_another_norm_is_refused() -> None:
+    with pytest.raises(ValueError, match="batchnorm=true conflicts with norm=layer"):
+        build_mlp(batchnorm=True, norm="layer")
 
 
 @pytest.mark.parametrize("init", [member.value for member in Init])
@@ -82,6 +139,8 @@ def test_bias_init_zeros_and_default() -> None:
         ({"act": "foo"}, "act='foo'", "sigmoid, tanh, relu"),
         ({"init": "bad"}, "init='bad'", "default, xavier_uniform"),
         ({"bias_init": "ones"}, "bias_init='ones'", "default, zeros"),
+        ({"norm": "group"}, "norm='group'", "none, batch, layer"),
+        ({"norm_position": "mid"}, "norm_position='mid'", "pre, post"),
     ],
 )
 def test_bad_names_list_the_choices(kwargs: dict, needle: str, choices: str) -> None:

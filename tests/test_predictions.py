@@ -96,3 +96,29 @@ def test_run_file_stores_nulls_not_nans(tmp_path) -> None:
     assert table["pred_preact_factor"].null_count == n_not_preact + BASE["replicas"] * (
         BASE["steps"] + 1
     )
+
+
+@pytest.mark.parametrize(
+    "architecture, defined",
+    [
+        ({"residual": True, "norm": "batch"}, False),
+        ({"residual": True, "norm": "batch", "norm_position": "post"}, False),
+        ({"residual": True, "norm": "layer", "branch_scale": "inv_sqrt_depth"}, True),
+        ({"norm": "layer"}, True),
+    ],
+)
+def test_batchnorm_in_a_residual_network_has_no_prediction(
+    architecture: dict, defined: bool
+) -> None:
+    """No closed form there: null, never a guess; LayerNorm and residual networks get theirs,
+    each residual layer's `stream` row none."""
+    stats = GradientFlowRun(dict(BASE, act="relu", **architecture)).run().stats
+    hidden = stats[(stats["tensor"] == "preact") & (stats["layer"] < BASE["depth"] - 1)]
+    assert hidden["pred_preact_factor"].notna().all() == defined
+    assert hidden["pred_preact_factor"].isna().all() != defined
+    stream = stats[stats["tensor"] == "stream"]
+    residual = hidden[hidden["layer"] > 0] if architecture.get("residual") else hidden[:0]
+    assert sorted(zip(stream["layer"], stream["replica"], stream["step"])) == sorted(
+        zip(residual["layer"], residual["replica"], residual["step"])
+    )
+    assert stream[list(PRED_COLUMNS)].isna().all().all()

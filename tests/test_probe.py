@@ -13,36 +13,49 @@ import gradsweep.probe as probe_module
 from gradsweep.bins import HIST_BIN_LABELS, N_HIST_BINS
 from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import GradientFlowRun, run_experiment
-from gradsweep.model import ARCH_KEYS, build_mlp
+from gradsweep.model import ARCH_KEYS, ResidualBlock, build_mlp
 from gradsweep.probe import GradientProbe, TensorSpec
 from gradsweep.probe import per_tensor as per_tensor_module
 
 
+def _layers_of_modules(net: nn.Sequential) -> list[tuple[int, nn.Module]]:
+    """(Linear layer index, module) of every module of a network, residual blocks opened up."""
+    layer, owned = -1, []
+    for module in net:
+        if isinstance(module, (nn.Linear, ResidualBlock)):
+            layer += 1
+        owned += [(layer, m) for m in module.modules()]
+    return owned
+
+
+PARAM_NAMES = {nn.Linear: "", nn.BatchNorm1d: "bn_", nn.LayerNorm: "ln_"}
+
+
 def reference_gradients(cfg: dict) -> dict[tuple[int, str], torch.Tensor]:
-    """Gradients of the exercise-style nn.Sequential at step 0, dL/dz captured by tensor hooks."""
+    """Gradients of the exercise-style nn.Sequential at step 0, dL/dz and a residual block's
+    dL/dh captured by tensor hooks."""
     net = build_mlp(**{k: cfg[k] for k in ARCH_KEYS}, seed=cfg["seed"]).double()
     x, _ = GradientFlowRun(cfg).batch(0)
-    preacts: dict[int, torch.Tensor] = {}
-    linears = [m for m in net if isinstance(m, nn.Linear)]
+    grads: dict[tuple[int, str], torch.Tensor] = {}
 
-    def capture(index: int):
+    def capture(index: int, name: str):
         def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-            out.register_hook(lambda g: preacts.__setitem__(index, g))
+            out.register_hook(lambda g: grads.__setitem__((index, name), g))
 
         return hook
 
-    for index, linear in enumerate(linears):
-        linear.register_forward_hook(capture(index))
+    owned = _layers_of_modules(net)
+    for index, module in owned:
+        if isinstance(module, nn.Linear):
+            module.register_forward_hook(capture(index, "preact"))
+        if isinstance(module, ResidualBlock):
+            module.register_forward_hook(capture(index, "stream"))
     net(x.double()).mean().backward()
-    grads = {}
-    bns = [m for m in net if isinstance(m, nn.BatchNorm1d)]
-    for index, linear in enumerate(linears):
-        grads[(index, "weight")] = linear.weight.grad
-        grads[(index, "bias")] = linear.bias.grad
-        grads[(index, "preact")] = preacts[index]
-    for index, bn in enumerate(bns):
-        grads[(index, "bn_weight")] = bn.weight.grad
-        grads[(index, "bn_bias")] = bn.bias.grad
+    for index, module in owned:
+        prefix = PARAM_NAMES.get(type(module))
+        if prefix is not None:
+            grads[(index, f"{prefix}weight")] = module.weight.grad
+            grads[(index, f"{prefix}bias")] = module.bias.grad
     return grads
 
 
@@ -52,10 +65,14 @@ def reference_gradients(cfg: dict) -> dict[tuple[int, str], torch.Tensor]:
         {},
         {"act": "relu", "batchnorm": True, "output_act": False},
         {"act": "tanh", "init": "xavier_normal", "depth": 4},
+        {"act": "tanh", "norm": "layer", "depth": 4},
+        {"act": "relu", "residual": True, "norm": "layer", "branch_scale": "inv_sqrt_depth"},
+        {"act": "tanh", "residual": True, "norm": "batch", "norm_position": "post", "depth": 4},
+        {"act": "identity", "residual": True, "in_features": 20, "depth": 3},
     ],
 )
 def test_statistics_match_reference_sequential(overrides: dict) -> None:
-    cfg = {**run_values(RunConfig()), "dtype": "float64", **overrides}
+    cfg = run_values({**run_values(RunConfig()), "dtype": "float64", **overrides})
     stats = run_experiment(cfg).stats
     reference = reference_gradients(cfg)
     assert len(stats) == len(reference)
@@ -75,16 +92,24 @@ def test_statistics_match_reference_sequential(overrides: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fused_in", "stack_cap"), [("numpy", 1 << 16), ("torch", 0), ("numpy", 1 << 26)]
+    ("fused_in", "stack_cap", "architecture"),
+    [
+        ("numpy", 1 << 16, {"batchnorm": True}),
+        ("torch", 0, {"batchnorm": True}),
+        ("numpy", 1 << 26, {"batchnorm": True}),
+        ("numpy", 1 << 16, {"residual": True, "norm": "layer", "norm_position": "post"}),
+        ("torch", 0, {"residual": True, "norm": "layer"}),
+    ],
 )
 def test_fused_and_per_tensor_paths_agree(
-    fused_in: str, stack_cap: int, monkeypatch: pytest.MonkeyPatch
+    fused_in: str, stack_cap: int, architecture: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Per-tensor path: each tensor alone (cap 0), small ones stacked (CPU) or all (CUDA)."""
+    """Per-tensor path: each tensor alone (cap 0), small ones stacked (CPU) or all (CUDA).
+    Residual networks' `stream` rows too."""
     cfg = {
         **run_values(RunConfig()),
         "act": "relu",
-        "batchnorm": True,
+        **architecture,
         "replicas": 3,
         "steps": 4,
         "clip": 0.5,

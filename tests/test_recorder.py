@@ -97,6 +97,8 @@ def test_a_cnn_records_every_parameter_under_its_module_and_name(cnn_file) -> No
     params = {(m, t) for m, t in zip(step0["module"], step0["tensor"]) if t != "output"}
     expected = {tuple(n.rsplit(".", 1)) for n, _ in model.named_parameters()}
     assert params == expected  # Conv2d, BatchNorm2d and Linear, each parameter by its name
+    mlp_only = ["act", "depth", "batchnorm", "norm", "residual", "branch_scale", "norm_position"]
+    assert frame[mlp_only].isna().all().all(), "a recording has no MLP configuration"
     outputs = step0[step0["tensor"] == "output"]
     assert outputs["module"].tolist() == ["features.0", "head"]
     assert (

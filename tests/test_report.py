@@ -58,6 +58,7 @@ def test_report_writes_every_output(report) -> None:
         "over_steps",
         "prediction_overlay",
         "bulk_error",
+        "remedies",
     }
     assert set(report.skipped) == {"devices", "phase_diagram", "batchnorm_depth", "glorot_fig8"}
     assert report.skipped["devices"] == "not both CPU and CUDA runs present"
@@ -147,6 +148,21 @@ def test_summary_matches_run_files(report, smoke_sweep: Path) -> None:
                 assert row["max_total_norm_clipped"] == pytest.approx(row["max_total_norm"])
             else:
                 assert row["max_total_norm_clipped"] <= row["clip"] + 1e-6
+
+
+def test_stream_gradients_are_not_part_of_the_total_norm(new_axes_sweep: Path) -> None:
+    """Residual runs record dL/dh on the stream; like dL/dz it is no parameter gradient."""
+    summary = summarize(*scan(RunSet([new_axes_sweep])))
+    for path in new_axes_sweep.glob("*res*/grad_stats.parquet"):
+        raw = pd.read_parquet(path)
+        assert (raw["tensor"] == "stream").any()
+        for replica, rows in raw.groupby("replica"):
+            row = summary[
+                (summary["run_key"] == rows["run_key"].iloc[0]) & (summary["replica"] == replica)
+            ].iloc[0]
+            np.testing.assert_allclose(
+                row["max_total_norm"], rows["total_grad_norm"].max(), rtol=1e-12
+            )
 
 
 def test_footer_summaries_equal_a_scan_of_the_data(smoke_sweep: Path) -> None:

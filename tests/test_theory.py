@@ -278,3 +278,62 @@ def test_monte_carlo_matches_finite_batch_relu_batchnorm_rate() -> None:
     measured = _mc_bulk("relu", 14, 256, 32, 2.0, batchnorm=True, skip_first=4)
     assert measured**2 == pytest.approx(rate, rel=0.015)
     assert abs(measured**2 / rate - 1) < abs(measured**2 / T.batchnorm_rate("relu") - 1)
+
+
+def _residual(act: str, sw2: float, alpha: float, **kw) -> np.ndarray:
+    return T.predict_preact_factors(
+        act,
+        12,
+        64,
+        init="fan_in",
+        init_scale=math.sqrt(sw2),
+        bias_init="zeros",
+        residual=True,
+        branch_scale=alpha,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("act, gain", [("relu", 0.5), ("identity", 1.0), ("leaky_relu", None)])
+def test_residual_relu_and_linear_factors_are_constant(act: str, gain: float | None) -> None:
+    """r^2 = 1 + alpha^2 sigma_w^2 E[phi'^2] between residual layers, whatever the stream does."""
+    factors = _residual(act, 2.0, 0.5)
+    gain = (1 + 0.01**2) / 2 if gain is None else gain
+    np.testing.assert_allclose(factors[1:-1], math.sqrt(1 + 0.25 * 2.0 * gain), rtol=1e-9)
+
+
+def test_residual_tanh_factors_follow_the_growing_stream() -> None:
+    """tanh saturates as the stream's variance grows, so the branch gain and r_l fall with l."""
+    factors = _residual("tanh", 1.0, 1.0)[1:-1]
+    assert np.all(np.diff(factors) < 0) and np.all(factors > 1)
+
+
+def test_pre_layernorm_factors_tend_to_one_and_post_layernorm_ones_are_constant() -> None:
+    pre = _residual("relu", 2.0, 1.0, norm="layer", norm_position="pre")[1:-1]
+    post = _residual("relu", 2.0, 1.0, norm="layer", norm_position="post")[2:-1]
+    assert np.all(np.diff(pre) < 0) and np.all(pre > 1)
+    mean, second = 1 / math.sqrt(math.pi), 1.0  # relu(z), z ~ N(0, 2)
+    expected = math.sqrt((1 + 2.0 * 0.5) / (1 + second - mean**2))
+    np.testing.assert_allclose(post, expected, rtol=1e-9)
+
+
+def test_layernorm_factor_without_residual_ignores_sigma_w() -> None:
+    factors = [
+        T.predict_preact_factors(
+            "tanh", 8, 64, init="fan_in", init_scale=s, bias_init="zeros", norm="layer"
+        )[1:-1]
+        for s in (0.5, 3.0)
+    ]
+    np.testing.assert_allclose(factors[0], factors[1], rtol=1e-12)
+
+
+def test_batchnorm_in_a_residual_network_is_not_predicted() -> None:
+    assert np.isnan(_residual("relu", 2.0, 1.0, norm="batch")).all()
+
+
+def test_batchnorm_true_and_norm_batch_predict_the_same() -> None:
+    args = ("relu", 6, 32)
+    np.testing.assert_array_equal(
+        T.predict_preact_factors(*args, batchnorm=True),
+        T.predict_preact_factors(*args, norm="batch"),
+    )

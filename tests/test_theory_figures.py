@@ -125,3 +125,21 @@ def test_overlay_draws_each_batchnorm_value_in_its_own_file(three_axis_sweep: Pa
             f"depth = {d} | act = {a}" for d in (3, 5) for a in ("relu", "sigmoid")
         }
     plt.close("all")
+
+
+def test_phase_diagram_splits_by_norm_and_residual_and_marks_only_plain_nets(
+    new_axes_sweep: Path,
+) -> None:
+    frame = TF.theory_frame(RunSet([new_axes_sweep]))
+    (fig,) = TF.phase_diagram(frame)
+    cells = drawn(fig).data
+    assert (cells["configs"] == 1).all() and len(cells) == 12
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 4
+    critical = [t for t in titles if "critical sigma_w^2 = 2" in t]
+    assert critical == [
+        "residual off | norm = none\ncritical sigma_w^2 = 2 (dashed)\n"
+        "cells: gain per layer; <1 vanishing, >1 exploding"
+    ]
+    assert sum("no critical sigma_w^2" in t for t in titles) == 3
+    plt.close("all")

@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 
 from gradsweep import theory
+from gradsweep.config import branch_scale_text, branch_scale_value
 from gradsweep.experiment import GradientFlowRun
 
 WIDTH, DEPTH, BATCH, SEEDS = 512, 20, 256, 5
@@ -47,8 +48,11 @@ def _run(
     depth: int = DEPTH,
     replicas: int = SEEDS,
     seed: int = 0,
+    **architecture: str | bool | float,
 ) -> pd.DataFrame:
-    """Step-0 weight and preact rows of one measured run, sorted by replica and layer."""
+    """Step-0 weight and preact rows of one measured run, sorted by replica and layer.
+
+    `architecture`: the norm and residual keys."""
     cfg = dict(
         act=act,
         depth=depth,
@@ -64,6 +68,7 @@ def _run(
         output_act=False,
         steps=0,
         batchnorm=batchnorm,
+        **architecture,
     )
     stats = GradientFlowRun(cfg).run().stats
     rows = stats[stats["tensor"].isin(["weight", "preact"]) & (stats["step"] == 0)]
@@ -163,3 +168,84 @@ def test_tanh_preact_gradient_shrinks_while_weight_gradient_does_not() -> None:
     rows = _run("tanh", 0.5)
     assert _bulks(rows, "preact", PLAIN_SKIP).mean() < 0.72
     assert _bulks(rows, "weight", PLAIN_SKIP).mean() == pytest.approx(1.0, abs=0.03)
+
+
+def _second_moments(act: str) -> tuple[float, float]:
+    """(E[phi'(u)^2], E[phi(u)^2]) for u ~ N(0, 1)."""
+    phi, dphi = theory.activation(act), theory.activation_derivative(act)
+    return (
+        theory.gauss_expect(lambda x: dphi(x) ** 2, 1.0),
+        theory.gauss_expect(lambda x: phi(x) ** 2, 1.0),
+    )
+
+
+LAYERNORM_CASES = [
+    pytest.param("tanh", 0.5, 0, marks=pytest.mark.slow),
+    pytest.param("tanh", 2.0, 1000, marks=pytest.mark.slow),
+    pytest.param("relu", 0.5, 0, marks=pytest.mark.slow),
+    ("relu", 2.0, 1000),
+]
+
+
+@pytest.mark.parametrize("act, sw2, seed", LAYERNORM_CASES)
+def test_layernorm_factor_is_set_by_the_activation_alone(act: str, sw2: float, seed: int) -> None:
+    """LayerNorm without residual connections: r^2 = E[phi'(u)^2] / E[phi(u)^2] with zero biases,
+    whatever sigma_w (1 for ReLU, 1.0853 for tanh). Each sigma_w^2 has its own seeds."""
+    rows = _run(act, sw2, seed=seed, norm="layer")
+    gain, second = _second_moments(act)
+    assert _predicted_bulk(rows, PLAIN_SKIP) == pytest.approx(math.sqrt(gain / second), rel=1e-9)
+    assert _bulks(rows, "preact", PLAIN_SKIP).mean() == pytest.approx(
+        math.sqrt(gain / second), rel=0.015
+    )
+
+
+RESIDUAL_CASES = [
+    pytest.param("relu", 2.0, "inv_sqrt_depth", 0.5, marks=pytest.mark.slow),
+    pytest.param("relu", 2.0, 0.3, 0.5, marks=pytest.mark.slow),
+    pytest.param("identity", 1.0, 0.5, 1.0, marks=pytest.mark.slow),
+    ("identity", 1.0, "inv_sqrt_depth", 1.0),
+]
+
+
+@pytest.mark.parametrize("act, sw2, scale, gain", RESIDUAL_CASES)
+def test_residual_factor_is_sqrt_of_one_plus_the_branch_gain(
+    act: str, sw2: float, scale: float | str, gain: float
+) -> None:
+    """Residual layers without a norm: r^2 = 1 + alpha^2 sigma_w^2 E[phi'(z)^2], the same at every
+    depth for ReLU (E = 1/2) and identity (E = 1) although the stream's variance grows."""
+    rows = _run(act, sw2, residual=True, branch_scale=scale)
+    alpha = branch_scale_value(branch_scale_text(scale), DEPTH)
+    expected = math.sqrt(1 + alpha**2 * sw2 * gain)
+    assert _predicted_bulk(rows, PLAIN_SKIP) == pytest.approx(expected, rel=1e-9)
+    assert _bulks(rows, "preact", PLAIN_SKIP).mean() == pytest.approx(expected, rel=0.015)
+
+
+@pytest.mark.parametrize(
+    "act, position",
+    [("relu", "pre"), pytest.param("relu", "post", marks=pytest.mark.slow), ("tanh", "pre")],
+)
+def test_residual_factor_with_layernorm_matches_the_layer_resolved_prediction(
+    act: str, position: str
+) -> None:
+    """LayerNorm in the branch (pre) or after the addition (post), alpha = 1, sigma_w^2 = 2 (ReLU)
+    or 1 (tanh): the prediction the run file carries, within 1.5%. Pre-norm factors shrink
+    towards 1 with depth as the stream's variance grows; post-norm ones are constant."""
+    sw2 = 2.0 if act == "relu" else 1.0
+    rows = _run(act, sw2, residual=True, norm="layer", norm_position=position)
+    predicted = theory.predict_preact_factors(
+        act,
+        DEPTH,
+        WIDTH,
+        init="fan_in",
+        init_scale=math.sqrt(sw2),
+        bias_init="zeros",
+        norm="layer",
+        residual=True,
+        norm_position=position,
+    )
+    assert _predicted_bulk(rows, PLAIN_SKIP) == pytest.approx(
+        theory.bulk_factor(predicted, *PLAIN_SKIP), rel=1e-12
+    )
+    assert _bulks(rows, "preact", PLAIN_SKIP).mean() == pytest.approx(
+        theory.bulk_factor(predicted, *PLAIN_SKIP), rel=0.015
+    )

@@ -1,22 +1,35 @@
-"""The block structure of gradsweep's MLPs, written once: each layer is a Linear and parts after it.
+"""The block structure of gradsweep's MLPs, written once: each layer, a Linear and parts around it.
 
 Every part has both forms the run needs: the module of one replica (`build`
 draws its init, `view` holds given values) and the batched op on K stacked
 replicas (`forward`), with its parameters' names in the run file's `tensor`
 column. `plan_layers` is the one place that says which parts a layer has, so
-a new layer kind is a new Part here and a line in `plan_layers`.
+a new layer kind is a new Part here and a line in `plan_layers`. A residual
+layer adds its branch (the parts before the Linear, the Linear, the parts
+after it) to its input and applies its `post` parts to the sum.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from gradsweep.config import Activation
+from gradsweep.config import (
+    Activation,
+    Norm,
+    NormPosition,
+    branch_scale_text,
+    branch_scale_value,
+    residual_layers,
+    resolve_norm,
+)
 from gradsweep.model.choices import check_covers, choice
 
 ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
@@ -31,6 +44,7 @@ ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
 check_covers(Activation, ACTIVATIONS, "ACTIVATIONS")
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default eps, which `BatchNormPart.build` and `view` use
+LN_EPS = 1e-5  # nn.LayerNorm's default eps, which `LayerNormPart.build` and `view` use
 
 
 class Part(ABC):
@@ -133,6 +147,68 @@ class BatchNormPart(Part):
         return (h - mean) * torch.rsqrt(var + BN_EPS) * weight.unsqueeze(1) + bias.unsqueeze(1)
 
 
+class LayerNormPart(Part):
+    """nn.LayerNorm over each sample's features, with its affine weight and bias."""
+
+    tensors = ("ln_weight", "ln_bias")
+
+    def __init__(self, features: int) -> None:
+        self.features = features
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return self.features, self.features
+
+    def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
+        return nn.LayerNorm(self.features, eps=LN_EPS)
+
+    def stacked(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        return module.weight, module.bias
+
+    def view(self, tensors: Sequence[torch.Tensor]) -> nn.Module:
+        weight, bias = tensors
+        norm = nn.LayerNorm(self.features, eps=LN_EPS, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+            norm.bias.copy_(bias)
+        return norm
+
+    def forward(self, h: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        weight, bias = tensors
+        normed = F.layer_norm(h, (self.features,), eps=LN_EPS)
+        return normed * weight.unsqueeze(1) + bias.unsqueeze(1)
+
+
+class BranchScale(nn.Module):
+    """Multiplies its input by a fixed number: the residual branch scale."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale!r}"
+
+
+class ScalePart(Part):
+    """The residual branch scale, a fixed number; it has no parameters."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
+        return BranchScale(self.scale)
+
+    def view(self, tensors: Sequence[torch.Tensor]) -> nn.Module:
+        return BranchScale(self.scale)
+
+    def forward(self, h: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return h * self.scale
+
+
 class ActivationPart(Part):
     """An elementwise activation from ACTIVATIONS; it has no parameters."""
 
@@ -150,16 +226,55 @@ class ActivationPart(Part):
         return self.module(h)
 
 
+class ResidualBlock(nn.Module):
+    """One residual layer of one replica: h -> post(h + branch(h))."""
+
+    def __init__(self, branch: nn.Sequential, post: nn.Sequential) -> None:
+        super().__init__()
+        self.branch = branch
+        self.post = post
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.post(h + self.branch(h))
+
+
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer: its Linear, whose output is the layer's z_l (`preact`), then the parts after."""
+    """One layer: its Linear, whose output is the layer's z_l (`preact`), and the parts around it.
+
+    A plain layer is `linear`, then `after`. A `residual` layer's branch is
+    `before`, `linear`, `after`; its output h_l (`stream`) is `post` applied to
+    the sum of its input and its branch.
+    """
 
     linear: LinearPart
     after: tuple[Part, ...]
+    residual: bool = False
+    before: tuple[Part, ...] = ()
+    post: tuple[Part, ...] = ()
 
     @property
     def parts(self) -> tuple[Part, ...]:
-        return (self.linear, *self.after)
+        """Every part, in the order of the layer's parameters: branch first, then post."""
+        return (*self.before, self.linear, *self.after, *self.post)
+
+    def assemble(self, modules: Sequence[nn.Module]) -> list[nn.Module]:
+        """The modules of one replica's layer, given one per part in `parts` order."""
+        if not self.residual:
+            return list(modules)
+        branch = len(self.parts) - len(self.post)
+        return [ResidualBlock(nn.Sequential(*modules[:branch]), nn.Sequential(*modules[branch:]))]
+
+
+def part_modules(model: nn.Sequential) -> list[nn.Module]:
+    """One replica's modules, one per part of its plan: residual blocks opened up."""
+    modules: list[nn.Module] = []
+    for module in model:
+        if isinstance(module, ResidualBlock):
+            modules += [*module.branch, *module.post]
+        else:
+            modules.append(module)
+    return modules
 
 
 def layer_sizes(
@@ -170,6 +285,14 @@ def layer_sizes(
     return list(zip(dims[:-1], dims[1:]))
 
 
+NORM_PARTS: dict[Norm, Callable[[int], Part] | None] = {
+    Norm.none: None,
+    Norm.batch: BatchNormPart,
+    Norm.layer: LayerNormPart,
+}
+check_covers(Norm, NORM_PARTS, "NORM_PARTS")
+
+
 def plan_layers(
     act: str,
     depth: int,
@@ -178,23 +301,51 @@ def plan_layers(
     out_features: int,
     output_act: bool,
     batchnorm: bool,
+    norm: str = "none",
+    residual: bool = False,
+    branch_scale: float | str = 1.0,
+    norm_position: str = "pre",
 ) -> list[LayerPlan]:
-    """Linear -> [BatchNorm1d] -> activation, `depth` times, as in the exercise.
+    """Linear -> [norm] -> activation, `depth` times, as in the exercise; or residual layers.
 
-    BatchNorm follows every hidden Linear layer, never the 1-unit output where it
-    would make a mean-of-output loss constant. The output layer gets the
-    activation only when `output_act` is true.
+    The norm (`batchnorm=true` is `norm=batch`) follows every hidden Linear
+    layer, never the 1-unit output where BatchNorm would make a mean-of-output
+    loss constant. The output layer gets the activation only when `output_act`
+    is true. With `residual`, every hidden layer whose widths agree becomes
+    h -> h + scale * act(Linear(norm(h))) (`pre`) or norm(h + scale * act(Linear(h))) (`post`).
     """
     activation = choice(Activation, "act", act)
+    make_norm = NORM_PARTS[choice(Norm, "norm", resolve_norm(batchnorm, norm))]
+    position = choice(NormPosition, "norm_position", norm_position)
     if depth < 1:
         raise ValueError(f"depth={depth} is not valid; depth must be >= 1")
+    scale = branch_scale_value(branch_scale_text(branch_scale), depth)
+    skips = residual_layers(depth, width, in_features) if residual else [False] * depth
     plan = []
     for index, (fan_in, fan_out) in enumerate(layer_sizes(depth, width, in_features, out_features)):
         is_output = index == depth - 1
-        after: list[Part] = []
-        if batchnorm and not is_output:
-            after.append(BatchNormPart(fan_out))
+        linear = LinearPart(fan_in, fan_out)
+        if skips[index]:
+            normed = () if make_norm is None else (make_norm(fan_in),)
+            pre = position is NormPosition.pre
+            after = (ActivationPart(activation), ScalePart(scale))
+            plan.append(
+                LayerPlan(linear, after, True, normed if pre else (), () if pre else normed)
+            )
+            continue
+        parts: list[Part] = []
+        if make_norm is not None and not is_output:
+            parts.append(make_norm(fan_out))
         if output_act or not is_output:
-            after.append(ActivationPart(activation))
-        plan.append(LayerPlan(LinearPart(fan_in, fan_out), tuple(after)))
+            parts.append(ActivationPart(activation))
+        plan.append(LayerPlan(linear, tuple(parts)))
     return plan
+
+
+# The run keys that decide the layer plan: plan_layers' arguments.
+PLAN_KEYS: tuple[str, ...] = tuple(inspect.signature(plan_layers).parameters)
+
+
+def plan_for(values: Mapping[str, Any]) -> list[LayerPlan]:
+    """The layer plan of a run's values (`config.run_values`)."""
+    return plan_layers(**{key: values[key] for key in PLAN_KEYS})

@@ -1,4 +1,8 @@
-"""One replica as the exercise writes it: an nn.Sequential built from the layer plan."""
+"""One replica as the exercise writes it: an nn.Sequential built from the layer plan.
+
+A residual layer is one `ResidualBlock` module in it; every other layer is its
+modules in a row, as in the exercise.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +29,31 @@ def build_mlp(
     init_scale: float = 1.0,
     bias_init: str = "default",
     batchnorm: bool = False,
+    norm: str = "none",
+    residual: bool = False,
+    branch_scale: float | str = 1.0,
+    norm_position: str = "pre",
     seed: int | None = None,
 ) -> nn.Sequential:
-    """Linear -> [BatchNorm1d] -> activation, `depth` times, as in the exercise (`plan_layers`).
+    """Linear -> [norm] -> activation, `depth` times, as in the exercise, or the residual network
+    of `residual=true` (`plan_layers`).
 
     With `seed`, initialisation draws from a private generator state, so the
     global RNG is left untouched.
     """
-    plan = plan_layers(act, depth, width, in_features, out_features, output_act, batchnorm)
+    plan = plan_layers(
+        act,
+        depth,
+        width,
+        in_features,
+        out_features,
+        output_act,
+        batchnorm,
+        norm,
+        residual,
+        branch_scale,
+        norm_position,
+    )
     init_linear = partial(
         init_linear_,
         init=choice(Init, "init", init),
@@ -43,7 +64,11 @@ def build_mlp(
         if seed is not None:
             # the CPU generator only: torch.manual_seed also queues a costly GPU seeding
             torch.default_generator.manual_seed(seed)
-        modules = [part.build(init_linear) for layer in plan for part in layer.parts]
+        modules = [
+            module
+            for layer in plan
+            for module in layer.assemble([part.build(init_linear) for part in layer.parts])
+        ]
     return nn.Sequential(*modules)
 
 

@@ -13,13 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradsweep.model.parts import LayerPlan, plan_layers
+from gradsweep.model.parts import LayerPlan, part_modules, plan_for
 from gradsweep.model.sequential import ARCH_KEYS, build_mlp
 from gradsweep.probe.layout import TensorSpec
 
 
 def plan_specs(plan: Sequence[LayerPlan], batch_size: int) -> list[TensorSpec]:
-    """Each layer's parameters, then its z_l, in row order: known from the plan, before any tensor.
+    """Each layer's parameters, its z_l, then a residual layer's h_l, in row order: known from the
+    plan, before any tensor.
 
     A stacked parameter holds each replica's entry of the part's `numels`.
     """
@@ -29,6 +30,8 @@ def plan_specs(plan: Sequence[LayerPlan], batch_size: int) -> list[TensorSpec]:
             for name, numel in zip(part.tensors, part.numels):
                 specs.append(TensorSpec(index, name, numel, True))
         specs.append(TensorSpec(index, "preact", batch_size * layer.linear.fan_out, False))
+        if layer.residual:
+            specs.append(TensorSpec(index, "stream", batch_size * layer.linear.fan_out, False))
     return specs
 
 
@@ -46,16 +49,29 @@ class StackedMLP:
         own = iter(tuple(group) for group in tensors)
         self._layers = [(layer, [next(own) for _ in layer.parts]) for layer in self.plan]
         self.replicas = next(t for group in tensors for t in group).shape[0]
-        # (Linear op, its tensors, (op, tensors) of each part after it): the forward's loop, bound
-        # once, since small networks are bound by per-op overhead
+        # (Linear op, its tensors, (op, tensors) of each part after it): a plain layer's forward,
+        # bound once, since small networks are bound by per-op overhead; a residual layer's
+        # adds its parts before the Linear and after the addition
         self._ops = [
-            (
-                layer.linear.forward,
-                groups[0],
-                tuple((part.forward, own) for part, own in zip(layer.after, groups[1:])),
-            )
-            for layer, groups in self._layers
+            (layer.linear.forward, *self._bound(layer, groups)) for layer, groups in self._layers
         ]
+
+    @staticmethod
+    def _bound(
+        layer: LayerPlan, groups: Sequence[tuple[torch.Tensor, ...]]
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[Any, ...], tuple[tuple[Any, ...], ...] | None]:
+        """A layer's Linear tensors, (op, tensors) of its parts after the Linear, and for a
+        residual layer those of its parts before the Linear and after the addition."""
+        bound = [(part.forward, own) for part, own in zip(layer.parts, groups)]
+        n_before, n_after = len(layer.before), len(layer.after)
+        after = tuple(bound[n_before + 1 : n_before + 1 + n_after])
+        if not layer.residual:
+            return groups[0], after, None
+        return (
+            groups[n_before],
+            after,
+            (tuple(bound[:n_before]), tuple(bound[n_before + 1 + n_after :])),
+        )
 
     @classmethod
     def stack(
@@ -67,14 +83,13 @@ class StackedMLP:
     ) -> StackedMLP:
         """Stack the parameters of `models` (an nn.Sequential of `plan` a replica) into leaves."""
         parts = [part for layer in plan for part in layer.parts]
-        for model in models:
-            if len(model) != len(parts):
-                raise ValueError(
-                    f"a model of {len(model)} modules for a plan of {len(parts)} parts"
-                )
+        modules = [part_modules(model) for model in models]
+        for own in modules:
+            if len(own) != len(parts):
+                raise ValueError(f"a model of {len(own)} modules for a plan of {len(parts)} parts")
         groups = []
         for index, part in enumerate(parts):
-            per_model = [part.stacked(model[index]) for model in models]
+            per_model = [part.stacked(own[index]) for own in modules]
             groups.append(
                 [
                     torch.stack([own[i].detach() for own in per_model])
@@ -96,31 +111,37 @@ class StackedMLP:
         """The network of a run's `values`; replica r is build_mlp's for (seed, scale) inits[r]."""
         arch = {key: values[key] for key in ARCH_KEYS}
         models = [build_mlp(**{**arch, "init_scale": scale}, seed=seed) for seed, scale in inits]
-        plan = plan_layers(
-            arch["act"],
-            arch["depth"],
-            arch["width"],
-            arch["in_features"],
-            arch["out_features"],
-            arch["output_act"],
-            arch["batchnorm"],
-        )
-        return cls.stack(plan, models, device, dtype)
+        return cls.stack(plan_for(values), models, device, dtype)
 
     def parameters(self) -> list[torch.Tensor]:
         """Every stacked parameter, layer by layer, each part's in its `tensors` order."""
         return [t for _, groups in self._layers for group in groups for t in group]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Output (K, B, out) of one input (B, in) and each Linear layer's output z_l (K, B, n)."""
+        """Output (K, B, out) of one input (B, in) and the recorded tensors (K, B, n) in spec
+        order: each Linear layer's output z_l, and after it a residual layer's output h_l."""
         h = x.expand(self.replicas, *x.shape)
-        preacts = []
-        for linear, tensors, after in self._ops:
-            h = linear(h, tensors)
-            preacts.append(h)
+        recorded = []
+        for linear, tensors, after, residual in self._ops:
+            if residual is None:
+                h = linear(h, tensors)
+                recorded.append(h)
+                for part, own in after:
+                    h = part(h, own)
+                continue
+            before, post = residual
+            branch = h
+            for part, own in before:
+                branch = part(branch, own)
+            branch = linear(branch, tensors)
+            recorded.append(branch)
             for part, own in after:
+                branch = part(branch, own)
+            h = h + branch
+            for part, own in post:
                 h = part(h, own)
-        return h, preacts
+            recorded.append(h)
+        return h, recorded
 
     def tensor_specs(self, batch_size: int) -> list[TensorSpec]:
         """Each layer's parameters, then its z_l: the tensors a run measures, in row order."""
@@ -129,8 +150,13 @@ class StackedMLP:
     def replica(self, r: int) -> nn.Sequential:
         """Replica r as the nn.Sequential build_mlp makes, holding copies of its current values."""
         modules = [
-            part.view([t[r].detach() for t in group])
+            module
             for layer, groups in self._layers
-            for part, group in zip(layer.parts, groups)
+            for module in layer.assemble(
+                [
+                    part.view([t[r].detach() for t in group])
+                    for part, group in zip(layer.parts, groups)
+                ]
+            )
         ]
         return nn.Sequential(*modules)
