@@ -282,6 +282,9 @@ CONFIG_COLUMNS: tuple[str, ...] = names(Role.configuration)
 CONFIG_KEYS: dict[str, str] = {
     c.name: c.config_key or c.name for c in COLUMNS if c.role is Role.configuration
 }
+# `tensor` values of backpropagated activation gradients, not of parameters: never clipped, without
+# parameter statistics, not part of total_grad_norm.
+ACTIVATION_TENSORS: tuple[str, ...] = ("preact", "stream")
 # Columns newer than some files of this schema version -> the value their rows are read with.
 ABSENT_VALUES: dict[str, Any] = {c.name: c.absent for c in COLUMNS if c.absent is not None}
 PRED_COLUMNS: tuple[str, ...] = names(Role.prediction)
