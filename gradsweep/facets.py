@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gradsweep.config import Norm
 from gradsweep.labels import axis_value, distinct_digits, natural_order, value_text
 from gradsweep.schema import AXIS_PRIORITY, CONFIG_COLUMNS
 
@@ -30,8 +31,17 @@ PAGE = "page"
 
 
 def swept(frame: pd.DataFrame, axes: Iterable[str]) -> list[str]:
-    """The `axes` (in their order) that hold more than one value in `frame`."""
-    return [a for a in axes if a in frame and frame[a].nunique(dropna=False) > 1]
+    """The `axes` (in their order) that hold more than one value in `frame`.
+
+    `batchnorm` is `norm == batch`, so the two are one axis: `batchnorm` where
+    `norm` holds only none and batch (as in every sweep before `norm` existed),
+    `norm` where it holds layer too.
+    """
+    found = [a for a in axes if a in frame and frame[a].nunique(dropna=False) > 1]
+    if "batchnorm" in found and "norm" in found:
+        only_batch = set(frame["norm"]) <= {Norm.none.value, Norm.batch.value}
+        found.remove("norm" if only_batch else "batchnorm")
+    return found
 
 
 def _determined(frame: pd.DataFrame, by: Sequence[str], axis: str) -> bool:

@@ -245,7 +245,7 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
             id_vars=[c for c in frame.columns if c not in CURVES],
             value_vars=list(CURVES),
             var_name="curve",
-            value_name="norm",
+            value_name="total_norm",
         )
         long["curve"] = pd.Categorical(
             long["curve"].map(CURVES), categories=list(CURVES.values()), ordered=True
@@ -267,7 +267,7 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
             sns.lineplot(
                 data=facets.select(long, col, value),
                 x="step",
-                y="norm",
+                y="total_norm",
                 hue=hue,
                 style="curve",
                 estimator="median",
@@ -302,7 +302,7 @@ def clipping(totals: pd.DataFrame, swept: list[str]) -> list[plt.Figure]:
         shown = ["step", *layout.shown]
         data = pd.concat(
             [
-                pool(long, [*shown, "curve"], "norm").assign(quantity="total norm"),
+                pool(long, [*shown, "curve"], "total_norm").assign(quantity="total norm"),
                 pool(frame, shown, "loss").assign(quantity="loss"),
             ],
             ignore_index=True,

@@ -60,3 +60,13 @@ def test_pages_name_their_values_and_files(tmp_path: Path) -> None:
     (only, rows), *rest = facets.pages(frame, facets.plan(frame, ["act"], ("hue",)))
     assert not rest and only.title == "" and len(rows) == len(frame)
     assert facets.page_path(tmp_path, "fig", only).name == "fig.png"
+
+
+def test_batchnorm_and_norm_are_one_axis() -> None:
+    """`batchnorm` is `norm == batch`: a batchnorm sweep shows batchnorm, a norm sweep norm."""
+    legacy = pd.DataFrame({"batchnorm": [False, True], "norm": ["none", "batch"], "act": "relu"})
+    assert facets.swept(legacy, facets.AXES) == ["batchnorm"]
+    norms = pd.DataFrame(
+        {"batchnorm": [False, True, False], "norm": ["none", "batch", "layer"], "depth": [5, 5, 9]}
+    )
+    assert facets.swept(norms, facets.AXES) == ["depth", "norm"]
