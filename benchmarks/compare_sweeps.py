@@ -1,11 +1,13 @@
 """Compare two sweep dirs run file by run file, number for number (no tolerance).
 
-    python benchmarks/compare_sweeps.py BEFORE_DIR AFTER_DIR [--ignore COL ...]
+    python benchmarks/compare_sweeps.py BEFORE_DIR AFTER_DIR [--ignore COL ...] [--ignore-new]
 
 Run files are matched by their path relative to each dir. Every column present in
 both is compared exactly (NaN equals NaN, histograms element by element), and so
-are the footer summaries. Prints one line per difference and a closing count;
-exits 1 when anything differs or a file is missing on one side.
+are the footer summaries; with `--ignore-new` a column only AFTER_DIR's files have
+(one the schema gained since BEFORE_DIR was written) is not a difference. Prints
+one line per difference and a closing count; exits 1 when anything differs or a
+file is missing on one side.
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ def _same(a: object, b: object) -> bool:
     return True
 
 
-def compare_file(before: Path, after: Path, ignore: set[str]) -> list[str]:
+def compare_file(
+    before: Path, after: Path, ignore: set[str], ignore_new: bool = False
+) -> list[str]:
     """Differences between two run files: columns, values and footer summaries."""
     a, b = pq.read_table(before), pq.read_table(after)
     diffs = []
+    new = set(b.column_names) - set(a.column_names) if ignore_new else set()
     for name in sorted(set(a.column_names) ^ set(b.column_names)):
-        if name not in ignore:
+        if name not in ignore | new:
             side = "before" if name in a.column_names else "after"
             diffs.append(f"column {name} only {side}")
     if a.num_rows != b.num_rows:
@@ -69,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--ignore", nargs="*", default=[], help="columns not compared")
+    parser.add_argument(
+        "--ignore-new",
+        action="store_true",
+        help="columns only the AFTER files have (added to the schema since) are not differences",
+    )
     args = parser.parse_args(argv)
     ignore = set(args.ignore)
     before = {p.relative_to(args.before): p for p in args.before.glob(STATS_GLOB)}
@@ -76,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = [f"{rel}: only before" for rel in sorted(set(before) - set(after))]
     problems += [f"{rel}: only after" for rel in sorted(set(after) - set(before))]
     for rel in sorted(set(before) & set(after)):
-        problems += [f"{rel}: {d}" for d in compare_file(before[rel], after[rel], ignore)]
+        problems += [
+            f"{rel}: {d}" for d in compare_file(before[rel], after[rel], ignore, args.ignore_new)
+        ]
     for line in problems:
         print(line)
     print(f"{len(set(before) & set(after))} files compared, {len(problems)} differences")
