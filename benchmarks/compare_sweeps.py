@@ -1,13 +1,13 @@
 """Compare two sweep dirs run file by run file, number for number (no tolerance).
 
-    python benchmarks/compare_sweeps.py BEFORE_DIR AFTER_DIR [--ignore COL ...] [--new COL ...]
+    python benchmarks/compare_sweeps.py BEFORE_DIR AFTER_DIR [--ignore COL ...] [--ignore-new]
 
 Run files are matched by their path relative to each dir. Every column present in
 both is compared exactly (NaN equals NaN, histograms element by element), and so
-are the footer summaries. `--new` names columns a newer schema adds: absent from
-BEFORE, they are not compared (one present in BEFORE is compared as any other).
-Prints one line per difference and a closing count; exits 1 when anything differs
-or a file is missing on one side.
+are the footer summaries; with `--ignore-new` a column only AFTER_DIR's files have
+(one the schema gained since BEFORE_DIR was written) is not a difference. Prints
+one line per difference and a closing count; exits 1 when anything differs or a
+file is missing on one side.
 """
 
 from __future__ import annotations
@@ -44,17 +44,14 @@ def _same(a: object, b: object) -> bool:
 
 
 def compare_file(
-    before: Path, after: Path, ignore: set[str], new: frozenset[str] = frozenset()
+    before: Path, after: Path, ignore: set[str], ignore_new: bool = False
 ) -> list[str]:
-    """Differences between two run files: columns, values and footer summaries.
-
-    A column of `new` that only AFTER has is no difference.
-    """
+    """Differences between two run files: columns, values and footer summaries."""
     a, b = pq.read_table(before), pq.read_table(after)
     diffs = []
-    added = {n for n in new if n in b.column_names and n not in a.column_names}
+    new = set(b.column_names) - set(a.column_names) if ignore_new else set()
     for name in sorted(set(a.column_names) ^ set(b.column_names)):
-        if name not in ignore and name not in added:
+        if name not in ignore | new:
             side = "before" if name in a.column_names else "after"
             diffs.append(f"column {name} only {side}")
     if a.num_rows != b.num_rows:
@@ -78,19 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("after", type=Path)
     parser.add_argument("--ignore", nargs="*", default=[], help="columns not compared")
     parser.add_argument(
-        "--new",
-        nargs="*",
-        default=[],
-        help="columns AFTER adds: not compared when BEFORE lacks them",
+        "--ignore-new",
+        action="store_true",
+        help="columns only the AFTER files have (added to the schema since) are not differences",
     )
     args = parser.parse_args(argv)
-    ignore, new = set(args.ignore), frozenset(args.new)
+    ignore = set(args.ignore)
     before = {p.relative_to(args.before): p for p in args.before.glob(STATS_GLOB)}
     after = {p.relative_to(args.after): p for p in args.after.glob(STATS_GLOB)}
     problems = [f"{rel}: only before" for rel in sorted(set(before) - set(after))]
     problems += [f"{rel}: only after" for rel in sorted(set(after) - set(before))]
     for rel in sorted(set(before) & set(after)):
-        problems += [f"{rel}: {d}" for d in compare_file(before[rel], after[rel], ignore, new)]
+        problems += [
+            f"{rel}: {d}" for d in compare_file(before[rel], after[rel], ignore, args.ignore_new)
+        ]
     for line in problems:
         print(line)
     print(f"{len(set(before) & set(after))} files compared, {len(problems)} differences")

@@ -129,7 +129,8 @@ class GradientFlowRun:
         return torch.optim.SGD(self.params, lr=v["lr"], momentum=v["momentum"])
 
     def _spec_order(self) -> list[int]:
-        """Index into params + preacts for each spec, so grads can be listed in spec order."""
+        """Index into params + recorded activations (each z_l, a residual layer's h_l) for each
+        spec, so grads can be listed in spec order."""
         n_params = len(self.params)
         order, p, z = [], 0, n_params
         for spec in self.specs:
@@ -184,9 +185,9 @@ class GradientFlowRun:
         are left out of the step loop. The tail after the probe's result is `self.tail`.
         """
         x, targets = self.batch(step)
-        out, preacts = self.network.forward(x)
+        out, recorded = self.network.forward(x)
         losses = self.losses(out, targets)
-        grads = torch.autograd.grad(losses.sum(), self.params + preacts)
+        grads = torch.autograd.grad(losses.sum(), self.params + recorded)
         ordered = [grads[i] for i in self._grad_order]
         packed = self.probe.measure(ordered, self.params, with_hist)
         param_grads = list(grads[: len(self.params)])

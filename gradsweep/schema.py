@@ -326,6 +326,9 @@ CONFIG_COLUMNS: tuple[str, ...] = names(Role.configuration)
 CONFIG_KEYS: dict[str, str] = {
     c.name: c.config_key or c.name for c in COLUMNS if c.role is Role.configuration
 }
+# `tensor` values of backpropagated activation gradients, not of parameters: never clipped, without
+# parameter statistics, not part of total_grad_norm.
+ACTIVATION_TENSORS: tuple[str, ...] = ("preact", "stream", OUTPUT_TENSOR)
 # Columns newer than some files of this schema version -> the value their rows are read with.
 ABSENT_VALUES: dict[str, Any] = {c.name: c.absent for c in COLUMNS if c.absent is not None}
 PRED_COLUMNS: tuple[str, ...] = names(Role.prediction)
@@ -357,10 +360,6 @@ AXIS_PRIORITY: tuple[str, ...] = (
     "steps",
     "data_seed",
 )
-
-# `tensor` values that are back-propagated gradients at a layer's output, not parameter gradients:
-# never clipped, and not part of a replica's total gradient norm.
-OUTPUT_GRADIENTS: tuple[str, ...] = ("preact", "stream")
 
 # What decides a run's bits besides its configuration (`gradsweep.execution`): a resumed sweep
 # keeps or, when asked, redoes a complete file that records other values, never mixes silently.

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gradsweep.schema import COLUMNS_BY_NAME, CONFIG_COLUMNS, OUTPUT_GRADIENTS
+from gradsweep.schema import ACTIVATION_TENSORS, COLUMNS_BY_NAME, CONFIG_COLUMNS
 from gradsweep.store import RunSet
 
 RUN_ID = ["run_key", "replica"]
@@ -53,7 +53,9 @@ SCAN_COLUMNS = [*RUN_ID, "step", "layer", "tensor", "grad_norm", "grad_norm_clip
 
 def _reduce_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Per run, replica, step: loss, sums of squares, max norm, non-finite count; step-0 rows."""
-    is_param = pc.invert(pc.is_in(chunk["tensor"].cast(pa.string()), pa.array(OUTPUT_GRADIENTS)))
+    is_param = pc.invert(
+        pc.is_in(chunk["tensor"].cast(pa.string()), pa.array(list(ACTIVATION_TENSORS)))
+    )
     zero = pa.scalar(0.0)
     squares = {
         "sq": pc.if_else(is_param, pc.multiply(chunk["grad_norm"], chunk["grad_norm"]), zero),

@@ -147,3 +147,8 @@ def test_bad_names_list_the_choices(kwargs: dict, needle: str, choices: str) -> 
     with pytest.raises(ValueError, match="choose one of") as err:
         build_mlp(**kwargs)
     assert needle in str(err.value) and choices in str(err.value)
+
+
+def test_residual_without_a_layer_of_equal_widths_is_refused() -> None:
+    with pytest.raises(ValueError, match="residual=true needs a hidden layer of equal input"):
+        build_mlp(depth=2, residual=True)

@@ -321,6 +321,11 @@ def plan_layers(
         raise ValueError(f"depth={depth} is not valid; depth must be >= 1")
     scale = branch_scale_value(branch_scale_text(branch_scale), depth)
     skips = residual_layers(depth, width, in_features) if residual else [False] * depth
+    if residual and not any(skips):
+        raise ValueError(
+            f"residual=true needs a hidden layer of equal input and output widths; depth={depth}, "
+            f"in_features={in_features}, width={width} has none"
+        )
     plan = []
     for index, (fan_in, fan_out) in enumerate(layer_sizes(depth, width, in_features, out_features)):
         is_output = index == depth - 1

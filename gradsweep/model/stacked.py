@@ -144,7 +144,8 @@ class StackedMLP:
         return h, recorded
 
     def tensor_specs(self, batch_size: int) -> list[TensorSpec]:
-        """Each layer's parameters, then its z_l: the tensors a run measures, in row order."""
+        """Each layer's parameters, its z_l, a residual layer's h_l: the tensors a run measures,
+        in row order."""
         return plan_specs(self.plan, batch_size)
 
     def replica(self, r: int) -> nn.Sequential:
