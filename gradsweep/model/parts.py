@@ -43,8 +43,8 @@ ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
 }
 check_covers(Activation, ACTIVATIONS, "ACTIVATIONS")
 
-BN_EPS = 1e-5  # nn.BatchNorm1d's default eps, which `BatchNormPart.build` and `view` use
-LN_EPS = 1e-5  # nn.LayerNorm's default eps, which `LayerNormPart.build` and `view` use
+BN_EPS = 1e-5  # nn.BatchNorm1d's default eps, which `BatchNormPart.make` uses
+LN_EPS = 1e-5  # nn.LayerNorm's default eps, which `LayerNormPart.make` uses
 
 
 class Part(ABC):
@@ -114,10 +114,8 @@ class LinearPart(Part):
         return torch.baddbmm(bias.unsqueeze(1), h, weight)
 
 
-class BatchNormPart(Part):
-    """nn.BatchNorm1d in training mode: batch statistics; the stacked form keeps no running ones."""
-
-    tensors = ("bn_weight", "bn_bias")
+class AffineNormPart(Part):
+    """A normalisation with a per-feature affine weight and bias, as its nn.Module makes it."""
 
     def __init__(self, features: int) -> None:
         self.features = features
@@ -126,19 +124,32 @@ class BatchNormPart(Part):
     def numels(self) -> tuple[int, ...]:
         return self.features, self.features
 
+    @abstractmethod
+    def make(self, **factory: Any) -> nn.Module:
+        """The norm module of `features`, with torch's factory keywords (device, dtype)."""
+
     def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
-        return nn.BatchNorm1d(self.features)
+        return self.make()
 
     def stacked(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
         return module.weight, module.bias
 
     def view(self, tensors: Sequence[torch.Tensor]) -> nn.Module:
         weight, bias = tensors
-        norm = nn.BatchNorm1d(self.features, device=weight.device, dtype=weight.dtype)
+        norm = self.make(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             norm.weight.copy_(weight)
             norm.bias.copy_(bias)
         return norm
+
+
+class BatchNormPart(AffineNormPart):
+    """nn.BatchNorm1d in training mode: batch statistics; the stacked form keeps no running ones."""
+
+    tensors = ("bn_weight", "bn_bias")
+
+    def make(self, **factory: Any) -> nn.Module:
+        return nn.BatchNorm1d(self.features, eps=BN_EPS, **factory)
 
     def forward(self, h: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         weight, bias = tensors
@@ -147,31 +158,13 @@ class BatchNormPart(Part):
         return (h - mean) * torch.rsqrt(var + BN_EPS) * weight.unsqueeze(1) + bias.unsqueeze(1)
 
 
-class LayerNormPart(Part):
+class LayerNormPart(AffineNormPart):
     """nn.LayerNorm over each sample's features, with its affine weight and bias."""
 
     tensors = ("ln_weight", "ln_bias")
 
-    def __init__(self, features: int) -> None:
-        self.features = features
-
-    @property
-    def numels(self) -> tuple[int, ...]:
-        return self.features, self.features
-
-    def build(self, init_linear: Callable[[nn.Linear], None]) -> nn.Module:
-        return nn.LayerNorm(self.features, eps=LN_EPS)
-
-    def stacked(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
-        return module.weight, module.bias
-
-    def view(self, tensors: Sequence[torch.Tensor]) -> nn.Module:
-        weight, bias = tensors
-        norm = nn.LayerNorm(self.features, eps=LN_EPS, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            norm.weight.copy_(weight)
-            norm.bias.copy_(bias)
-        return norm
+    def make(self, **factory: Any) -> nn.Module:
+        return nn.LayerNorm(self.features, eps=LN_EPS, **factory)
 
     def forward(self, h: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         weight, bias = tensors
