@@ -44,16 +44,12 @@ static void merge(Moments *a, const Moments *b) {
         (e_ < (lo) ? (lo) : (e_ > (hi) ? (hi) : e_)) - (lo);                          \
     })
 
-/* Four interleaved counters per bin, so that runs of equal bins do not wait on each other. */
+/* Eight interleaved counters per bin, so that runs of equal bins do not wait on each other. */
 #define COUNT_BINS(h, bits, n, BIN)                                                   \
     do {                                                                              \
         int64_t i_ = 0;                                                               \
-        for (; i_ + 4 <= (n); i_ += 4) {                                              \
-            h[0][BIN(bits[i_])]++;                                                    \
-            h[1][BIN(bits[i_ + 1])]++;                                                \
-            h[2][BIN(bits[i_ + 2])]++;                                                \
-            h[3][BIN(bits[i_ + 3])]++;                                                \
-        }                                                                             \
+        for (; i_ + 8 <= (n); i_ += 8)                                                \
+            for (int j_ = 0; j_ < 8; j_++) h[j_][BIN(bits[i_ + j_])]++;               \
         for (; i_ < (n); i_++) h[0][BIN(bits[i_])]++;                                 \
     } while (0)
 
@@ -66,6 +62,8 @@ static void merge(Moments *a, const Moments *b) {
  * ones the clamped window, so that short segments zero a short table.
  */
 #define RAW_MIN 4096
+#define LANES 8
+#define KEY(bits) ((bits) ^ (((bits) >> (sizeof(bits) * 8 - 1)) & key_mask))
 #define DEFINE_CHUNK(NAME, T, SINT, UINT, SHIFT, BIAS)                                 \
     static T NAME##_value(SINT key) {                                                 \
         SINT bits = key ^ ((key >> (sizeof(SINT) * 8 - 1)) & ~((SINT)1 << (sizeof(SINT) * 8 - 1))); \
@@ -73,14 +71,16 @@ static void merge(Moments *a, const Moments *b) {
         memcpy(&value, &bits, sizeof value);                                          \
         return value;                                                                 \
     }                                                                                 \
-    static void NAME(const T *x, int64_t len, int with_hist, Moments *out,           \
+    static void NAME(const T *x, int64_t len, int extremes, int with_hist, Moments *out, \
                      int64_t *hist) {                                                 \
         const int64_t lo = (BIAS) - 41, hi = (BIAS) + 14, n_exp = 2 * (BIAS) + 2;     \
         const UINT abs_mask = ~((UINT)1 << (sizeof(UINT) * 8 - 1));                   \
         const SINT key_mask = (SINT)abs_mask;                                         \
+        const UINT inf_bits = (UINT)(n_exp - 1) << (SHIFT);                           \
+        const SINT inf_key = (SINT)inf_bits, neg_inf_key = KEY((SINT)(inf_bits | ~abs_mask)); \
         const int raw = len >= RAW_MIN && n_exp <= 256;                               \
-        uint32_t h[4][256];                                                           \
-        for (int j = 0; with_hist && j < 4; j++)                                      \
+        uint32_t h[LANES][256];                                                           \
+        for (int j = 0; with_hist && j < LANES; j++)                                      \
             memset(h[j], 0, raw ? sizeof h[j] : WINDOW * sizeof h[j][0]);             \
         Moments acc = {0};                                                            \
         for (int64_t start = 0; start < len; start += BLOCK) {                        \
@@ -88,19 +88,30 @@ static void merge(Moments *a, const Moments *b) {
             const SINT *k = (const SINT *)p;                                          \
             int64_t n = len - start < BLOCK ? len - start : BLOCK;                    \
             double s = 0, q = 0;                                                      \
-            SINT zeros = 0, nans = 0, nonfinite = 0; /* lane-wide: BLOCK fits */ \
-            SINT kmin = k[0] ^ ((k[0] >> (sizeof(SINT) * 8 - 1)) & key_mask), kmax = kmin; \
-            for (int64_t i = 0; i < n; i++) {                                         \
-                T v = p[i];                                                           \
-                double d = (double)v;                                                 \
-                SINT key = k[i] ^ ((k[i] >> (sizeof(SINT) * 8 - 1)) & key_mask);      \
-                s += d;                                                               \
-                q += d * d;                                                           \
-                zeros += v == 0;                                                      \
-                nans += v != v;                                                       \
-                nonfinite += (v - v) != 0;                                            \
-                kmin = key < kmin ? key : kmin;                                       \
-                kmax = key > kmax ? key : kmax;                                       \
+            SINT zeros = 0, nans = 0, nonfinite = 0; /* lane-wide: BLOCK fits */      \
+            SINT kmin = KEY(k[0]), kmax = kmin;                                       \
+            if (extremes) {                                                           \
+                for (int64_t i = 0; i < n; i++) {                                     \
+                    double d = (double)p[i];                                          \
+                    SINT key = KEY(k[i]);                                             \
+                    s += d;                                                           \
+                    q += d * d;                                                       \
+                    zeros += p[i] == 0;                                               \
+                    kmin = key < kmin ? key : kmin;                                   \
+                    kmax = key > kmax ? key : kmax;                                   \
+                }                                                                     \
+                /* Inf and NaN have the extreme keys: count them only where they are */ \
+                if (kmax >= inf_key || kmin <= neg_inf_key)                           \
+                    for (int64_t i = 0; i < n; i++) {                                 \
+                        nans += p[i] != p[i];                                         \
+                        nonfinite += (p[i] - p[i]) != 0;                              \
+                    }                                                                 \
+            } else {                                                                  \
+                for (int64_t i = 0; i < n; i++) {                                     \
+                    double d = (double)p[i];                                          \
+                    s += d;                                                           \
+                    q += d * d;                                                       \
+                }                                                                     \
             }                                                                         \
             double mean = s / (double)n, m2 = 0;                                      \
             for (int64_t i = 0; i < n; i++) {                                         \
@@ -127,11 +138,11 @@ static void merge(Moments *a, const Moments *b) {
         memset(hist, 0, N_BINS * sizeof *hist);                                       \
         if (raw)                                                                      \
             for (int64_t e = 0; e < n_exp; e++)                                       \
-                hist[UNDERFLOW + (e < lo ? lo : (e > hi ? hi : e)) - lo] +=           \
-                    (int64_t)h[0][e] + h[1][e] + h[2][e] + h[3][e];                   \
+                for (int j = 0; j < LANES; j++)                                       \
+                    hist[UNDERFLOW + (e < lo ? lo : (e > hi ? hi : e)) - lo] += h[j][e]; \
         else                                                                          \
-            for (int b = 0; b < WINDOW; b++)                                          \
-                hist[UNDERFLOW + b] = (int64_t)h[0][b] + h[1][b] + h[2][b] + h[3][b]; \
+            for (int j = 0; j < LANES; j++)                                           \
+                for (int b = 0; b < WINDOW; b++) hist[UNDERFLOW + b] += h[j][b];      \
     }
 
 #define chunk_f32_RAW(bits) (((bits) & 0x7FFFFFFFu) >> 23)
@@ -166,13 +177,16 @@ void gs_one_pass(int itemsize, const void *const *bases, int64_t n_chunks,
     for (int64_t c = 0; c < n_chunks; c++) total += chunk_len[c];
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (total >= serial_below)
     for (int64_t c = 0; c < n_chunks; c++) {
+        int extremes = !segment_param[chunk_segment[c]];
         int seg_hist = with_hist && segment_hist[chunk_segment[c]] >= 0;
         const char *base = (const char *)bases[chunk_input[c]];
         const void *x = base + chunk_offset[c] * itemsize;
         if (itemsize == 4)
-            chunk_f32((const float *)x, chunk_len[c], seg_hist, &work[c], hist_work + c * N_BINS);
+            chunk_f32((const float *)x, chunk_len[c], extremes, seg_hist, &work[c],
+                      hist_work + c * N_BINS);
         else
-            chunk_f64((const double *)x, chunk_len[c], seg_hist, &work[c], hist_work + c * N_BINS);
+            chunk_f64((const double *)x, chunk_len[c], extremes, seg_hist, &work[c],
+                      hist_work + c * N_BINS);
     }
     int64_t c = 0;
     while (c < n_chunks) {
