@@ -162,6 +162,7 @@ enum { G_SUM, G_SUMSQ, G_M2, G_MIN, G_MAX, G_ZERO, G_NAN, G_INF, P_SUM, P_SUMSQ,
  * and belongs to segment chunk_segment[c]; a segment's chunks are consecutive.
  * Segment s writes stats row segment_row[s] (the param columns when segment_param[s]),
  * and, when with_hist and segment_hist[s] >= 0, histogram row segment_hist[s].
+ * Threads take tasks: task t is chunks task_start[t] to task_start[t + 1] - 1.
  * Moments (n_chunks) and hist_work (n_chunks * N_BINS) are scratch.
  * stats (rows * N_STATS) and hist (hist rows * N_BINS) receive the packed result, in
  * the form gradsweep.probe.layout.PackedLayout.unpack reads: zeros and subnormals in
@@ -171,23 +172,23 @@ void gs_one_pass(int itemsize, const void *const *bases, int64_t n_chunks,
                  const int64_t *chunk_input, const int64_t *chunk_offset,
                  const int64_t *chunk_len, const int64_t *chunk_segment,
                  const int64_t *segment_row, const int64_t *segment_param,
-                 const int64_t *segment_hist, int with_hist, int threads, int64_t serial_below,
-                 Moments *work, int64_t *hist_work, double *stats, double *hist) {
-    int64_t total = 0;
-    for (int64_t c = 0; c < n_chunks; c++) total += chunk_len[c];
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (total >= serial_below)
-    for (int64_t c = 0; c < n_chunks; c++) {
-        int extremes = !segment_param[chunk_segment[c]];
-        int seg_hist = with_hist && segment_hist[chunk_segment[c]] >= 0;
-        const char *base = (const char *)bases[chunk_input[c]];
-        const void *x = base + chunk_offset[c] * itemsize;
-        if (itemsize == 4)
-            chunk_f32((const float *)x, chunk_len[c], extremes, seg_hist, &work[c],
-                      hist_work + c * N_BINS);
-        else
-            chunk_f64((const double *)x, chunk_len[c], extremes, seg_hist, &work[c],
-                      hist_work + c * N_BINS);
-    }
+                 const int64_t *segment_hist, int64_t n_tasks, const int64_t *task_start,
+                 int with_hist, int threads, Moments *work, int64_t *hist_work, double *stats,
+                 double *hist) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (n_tasks > 1)
+    for (int64_t task = 0; task < n_tasks; task++)
+        for (int64_t c = task_start[task]; c < task_start[task + 1]; c++) {
+            int extremes = !segment_param[chunk_segment[c]];
+            int seg_hist = with_hist && segment_hist[chunk_segment[c]] >= 0;
+            const char *base = (const char *)bases[chunk_input[c]];
+            const void *x = base + chunk_offset[c] * itemsize;
+            if (itemsize == 4)
+                chunk_f32((const float *)x, chunk_len[c], extremes, seg_hist, &work[c],
+                          hist_work + c * N_BINS);
+            else
+                chunk_f64((const double *)x, chunk_len[c], extremes, seg_hist, &work[c],
+                          hist_work + c * N_BINS);
+        }
     int64_t c = 0;
     while (c < n_chunks) {
         int64_t s = chunk_segment[c], first = c;

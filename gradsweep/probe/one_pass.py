@@ -21,8 +21,8 @@ from gradsweep.probe.base import ProbeStrategy
 from gradsweep.probe.layout import STAT_COLUMNS, PackedLayout, TensorSpec
 from gradsweep.probe.native import Kernel
 
-CHUNK_ELEMENTS = 1 << 16  # a thread's unit of work
-SERIAL_BELOW = 1 << 15  # fewer elements in all are reduced on one thread: a fork costs more
+CHUNK_ELEMENTS = 1 << 16  # the most elements a chunk reads
+TASK_ELEMENTS = 1 << 15  # a thread's unit of work: consecutive chunks of at least this many
 MOMENT_FIELDS = 10  # doubles in one_pass.c's Moments
 _ITEMSIZE = {torch.float32: 4, torch.float64: 8}
 
@@ -61,6 +61,11 @@ class ChunkPlan:
         self.segment_row = np.array(rows, dtype=np.int64)
         self.segment_param = np.array(params, dtype=np.int64)
         self.segment_hist = np.array(hists, dtype=np.int64)
+        ends = np.cumsum(self.chunk_len)
+        # a task ends after the chunk that brings it to TASK_ELEMENTS; a fork costs more than less
+        cuts = np.searchsorted(ends, np.arange(TASK_ELEMENTS, ends[-1], TASK_ELEMENTS), "left")
+        starts = np.unique(np.concatenate([[0], cuts + 1]))
+        self.task_start = np.append(starts[starts < self.n_chunks], self.n_chunks).astype(np.int64)
 
 
 class OnePassProbe(ProbeStrategy):
@@ -91,6 +96,7 @@ class OnePassProbe(ProbeStrategy):
                 plan.segment_hist,
             )
         ]
+        self._tasks = [ctypes.c_int64(len(plan.task_start) - 1), _pointer(plan.task_start)]
         self._scratch = [_pointer(self._work), _pointer(self._hist_work)]
         # param columns of the rows that are no parameters stay NaN, as on the per-tensor path
         template = np.full((replicas, len(specs), len(STAT_COLUMNS)), math.nan)
@@ -113,9 +119,9 @@ class OnePassProbe(ProbeStrategy):
             self._bases,
             ctypes.c_int64(self.plan.n_chunks),
             *self._fixed,
+            *self._tasks,
             ctypes.c_int(int(with_hist)),
             ctypes.c_int(torch.get_num_threads()),
-            ctypes.c_int64(SERIAL_BELOW),
             *self._scratch,
             ctypes.c_void_p(out.data_ptr()),
             ctypes.c_void_p(out.data_ptr() + 8 * n_stats),
