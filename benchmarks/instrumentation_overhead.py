@@ -2,7 +2,12 @@
 
 Same model, same data, same optimizer: the two kinds of step alternate in
 blocks, side by side, and the ratio of their medians is reported for the
-exercise's network and for width 1024 x depth 20.
+exercise's network and for width 1024 x depth 20. For every-step logging it also
+measures, in alternating blocks, the statistics alone (the probe on one step's
+gradients and parameters) against the one-pass floor: one read of every tensor
+the statistics read (a sum over each). The statistics path, and what building or
+loading the one-pass kernel cost this process (paid once, not per step), are
+printed first; the tables are markdown.
 
     python benchmarks/instrumentation_overhead.py [--repeats 15]
 """
@@ -16,9 +21,11 @@ import time
 import torch
 
 from gradsweep.allocator import keep_freed_memory
-from gradsweep.config import RunConfig
+from gradsweep.config import RunConfig, run_values
+from gradsweep.execution import planned_execution
 from gradsweep.experiment import GradientFlowRun
 from gradsweep.probe import HostCopies
+from gradsweep.probe.native import load_kernel
 
 NETWORKS = {
     "exercise (10-20x4-1, sigmoid)": dict(),
@@ -68,6 +75,36 @@ def measure(
     return statistics.median(bare_t), statistics.median(inst_t)
 
 
+def statistics_and_floor(overrides: dict, hist: bool, repeats: int, n_steps: int) -> tuple:
+    """Median seconds of the probe on one step's tensors and of one read of each (a sum).
+
+    The two alternate in blocks; returns (statistics, floor, statistics path name).
+    """
+    run = GradientFlowRun(RunConfig(steps=10**9, **overrides))
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    x, targets = run.batch(0)
+    out, preacts = run.network.forward(x)
+    grads = torch.autograd.grad(run.losses(out, targets).sum(), run.params + preacts)
+    ordered = [grads[i] for i in run._grad_order]
+    tensors = [*ordered, *run.params]
+
+    def probe() -> None:
+        run.probe.measure(ordered, run.params, hist)
+
+    def floor() -> None:
+        with torch.no_grad():
+            for t in tensors:
+                t.sum()
+
+    for fn in (probe, floor):
+        _block_seconds(fn, max(3, n_steps // 5), sync)
+    probe_t, floor_t = [], []
+    for _ in range(repeats):
+        probe_t.append(_block_seconds(probe, n_steps, sync))
+        floor_t.append(_block_seconds(floor, n_steps, sync))
+    return statistics.median(probe_t), statistics.median(floor_t), run.probe.strategy.name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -78,12 +115,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
+    kernel = load_kernel()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"median of {args.repeats} blocks, "
         f"malloc {'as gradsweep runs it' if tuned else 'glibc defaults'}"
     )
-    print(f"{'network':34s} {'logging':32s} {'bare ms':>9s} {'instr ms':>9s} {'ratio':>6s}")
+    if kernel is None:
+        print("one-pass kernel: unavailable (no compiler, build failed or turned off)")
+    else:
+        how = "built" if kernel.built else "loaded from the disk cache"
+        print(f"one-pass kernel: {how} in {kernel.seconds:.2f} s, once per process ({kernel.path})")
+    print()
+    print("| network | logging | path | bare ms | instr ms | ratio |")
+    print("|---|---|---|---:|---:|---:|")
+    floors = []
     for name, overrides in NETWORKS.items():
         small = not overrides
         n_steps = 200 if small else 10
@@ -96,7 +142,26 @@ def main() -> None:
             bare, inst = measure(
                 overrides, log_every, hist, args.repeats, n_steps if log_every == 1 else n_steps * 2
             )
-            print(f"{name:34s} {label:32s} {bare * 1e3:9.3f} {inst * 1e3:9.3f} {inst / bare:6.3f}")
+            members = [run_values(RunConfig(**overrides))]
+            path = planned_execution(members, torch.get_num_threads()).stats_path
+            if log_every == 1:
+                stats, floor, path = statistics_and_floor(overrides, hist, args.repeats, n_steps)
+                floors.append((name, label, path, stats, floor, bare, inst))
+            print(
+                f"| {name} | {label} | {path} | {bare * 1e3:.3f} | {inst * 1e3:.3f} "
+                f"| {inst / bare:.3f} |"
+            )
+    print()
+    print(
+        "| network | statistics | path | statistics ms | floor ms | statistics / floor "
+        "| (instr - bare) / floor |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|")
+    for name, label, path, stats, floor, bare, inst in floors:
+        print(
+            f"| {name} | {label} | {path} | {stats * 1e3:.3f} | {floor * 1e3:.3f} "
+            f"| {stats / floor:.2f} | {(inst - bare) / floor:.2f} |"
+        )
 
 
 if __name__ == "__main__":

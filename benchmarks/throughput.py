@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py    # 200 runs, 100 steps each, every statistic every step
     python benchmarks/throughput.py --seeds 10 # a quick look (10 seeds x 4 init scales)
+    python benchmarks/throughput.py --replicas-only  # only replicas=64 against replicas=1
 
 The 200 configurations are 50 seeds x 4 init scales of the exercise's network
 (sigmoid, depth 5, width 20): compatible runs, which replica groups can stack.
@@ -61,6 +62,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the in-process timings")
+    parser.add_argument(
+        "--replicas-only", action="store_true", help="skip the sweeps: only the replica ratio"
+    )
     args = parser.parse_args()
     keep_freed_memory()  # as in gradsweep's task, which the sweeps below run
     n_runs = args.seeds * len(INIT_SCALES)
@@ -69,6 +73,9 @@ def main() -> None:
         f"init_scale={','.join(INIT_SCALES)}",
         f"steps={args.steps}",
     ]
+    if args.replicas_only:
+        replica_ratios(args.steps, args.repeats)
+        return
     one_run = run_seconds({"steps": args.steps}, args.repeats)
     modes = {
         "basic launcher": [],
@@ -96,10 +103,15 @@ def main() -> None:
                 f"{name:<28} {seconds:8.1f} {n_runs / seconds:8.1f} "
                 f"{overhead * 1e3:16.1f} {basic / seconds:8.1f}x"
             )
-    for label, log_every in (("every step logged", 1), ("first/last step logged", args.steps)):
-        cfg = {"steps": args.steps, "log_every": log_every}
-        t1 = run_seconds({**cfg, "replicas": 1}, args.repeats)
-        t64 = run_seconds({**cfg, "replicas": 64}, args.repeats)
+    replica_ratios(args.steps, args.repeats)
+
+
+def replica_ratios(steps: int, repeats: int) -> None:
+    """One in-process run of replicas=64 against one of replicas=1, logging every or 2 steps."""
+    for label, log_every in (("every step logged", 1), ("first/last step logged", steps)):
+        cfg = {"steps": steps, "log_every": log_every}
+        t1 = run_seconds({**cfg, "replicas": 1}, repeats)
+        t64 = run_seconds({**cfg, "replicas": 64}, repeats)
         print(
             f"replicas=64 / replicas=1, {label}: "
             f"{t64 * 1e3:.0f} ms / {t1 * 1e3:.0f} ms = {t64 / t1:.1f}x"

@@ -368,8 +368,9 @@ EXECUTION_METADATA: dict[str, str] = {
     "threads": "intra-op threads the run used (the `threads` key, resolved: `auto` is written as "
     "the number of cores)",
     "device_name": "`cpu` or the CUDA device's name",
-    "stats_path": "the statistics path (probe strategy) that reduced the gradients: `numpy-host`, "
-    "`fused-torch` or `per-tensor`",
+    "stats_path": "the statistics path (probe strategy) that reduced the gradients: "
+    "`one-pass-cpp` (the C kernel, on the CPU wherever it builds), `numpy-host`, `fused-torch` "
+    "or `per-tensor`",
 }
 
 # Key-value metadata in every run file's footer, each key under META_PREFIX.

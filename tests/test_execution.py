@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import assert_same_sweep, run_sweep, stats_files
 
+import gradsweep.probe as probe_module
 from gradsweep import schema
 from gradsweep.config import RunConfig, available_cores, run_values
 from gradsweep.execution import (
@@ -23,7 +24,9 @@ from gradsweep.execution import (
 from gradsweep.experiment import GradientFlowRun
 from gradsweep.groups import ReplicaGroupRun
 from gradsweep.probe.fused_torch import FusedTorchProbe
+from gradsweep.probe.native import load_kernel
 from gradsweep.probe.numpy_host import NumpyHostProbe
+from gradsweep.probe.one_pass import OnePassProbe
 from gradsweep.probe.per_tensor import PerTensorProbe
 from gradsweep.store import read_metadata, run_metadata, write_run
 
@@ -93,6 +96,7 @@ def _members(**overrides: object) -> list[dict]:
     return [{**run_values(RunConfig()), **overrides}]
 
 
+@pytest.mark.parametrize("one_pass", [True, False])
 @pytest.mark.parametrize(
     ("overrides", "stats_path"),
     [
@@ -101,14 +105,23 @@ def _members(**overrides: object) -> list[dict]:
         ({"width": 300, "depth": 3}, PerTensorProbe.name),
     ],
 )
-def test_the_planned_record_is_what_the_run_records(overrides: dict, stats_path: str) -> None:
+def test_the_planned_record_is_what_the_run_records(
+    overrides: dict, stats_path: str, one_pass: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the one-pass kernel every CPU run takes it; without, the path its size picks."""
+    monkeypatch.setattr(probe_module, "ONE_PASS", one_pass)
+    if one_pass and load_kernel() is not None:
+        stats_path = OnePassProbe.name
     members = _members(**overrides)
     planned = planned_execution(members, torch.get_num_threads())
     assert planned == GradientFlowRun(members[0]).run().execution
     assert planned.stats_path == stats_path
 
 
-def test_the_planned_record_of_a_replica_group_is_the_stacked_runs() -> None:
+def test_the_planned_record_of_a_replica_group_is_the_stacked_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(probe_module, "ONE_PASS", False)
     members = [{**run_values(RunConfig()), "seed": seed} for seed in range(20)]
     planned = planned_execution(members, torch.get_num_threads())
     assert planned.stats_path == PerTensorProbe.name  # alone, each would use numpy-host
@@ -123,8 +136,8 @@ def test_cuda_without_cuda_is_planned_as_unavailable() -> None:
 
 
 def test_every_statistics_path_has_a_documented_name() -> None:
-    names = [NumpyHostProbe.name, FusedTorchProbe.name, PerTensorProbe.name]
-    assert len(set(names)) == 3
+    names = [OnePassProbe.name, NumpyHostProbe.name, FusedTorchProbe.name, PerTensorProbe.name]
+    assert len(set(names)) == 4
     assert all(f"`{name}`" in schema.EXECUTION_METADATA["stats_path"] for name in names)
 
 

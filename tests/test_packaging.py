@@ -155,7 +155,8 @@ def test_the_wheel_holds_the_configuration(wheel: Path) -> None:
     sources = [
         path.relative_to(REPO).as_posix()
         for top in ("gradsweep", "hydra_plugins")
-        for path in (REPO / top).rglob("*.py")
+        for pattern in ("*.py", "*.c")
+        for path in (REPO / top).rglob(pattern)
     ]
     assert sources
     missing = [source for source in sources if source not in names]

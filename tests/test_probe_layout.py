@@ -11,15 +11,21 @@ from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import GradientFlowRun
 from gradsweep.probe import STAT_COLUMNS, PackedLayout, S, TensorSpec
 from gradsweep.probe.layout import SEGMENT_BLOCKS
+from gradsweep.probe.native import load_kernel
 
 SPECS = (TensorSpec(0, "weight", 6, True), TensorSpec(0, "preact", 4, False))
 
 
-@pytest.mark.parametrize("strategy", ["NumpyHostProbe", "FusedTorchProbe", "PerTensorProbe"])
+@pytest.mark.parametrize(
+    "strategy", ["OnePassProbe", "NumpyHostProbe", "FusedTorchProbe", "PerTensorProbe"]
+)
 @pytest.mark.parametrize("clip", [None, 0.5])
 def test_every_strategy_packs_what_its_layout_and_the_run_tail_describe(
     strategy: str, clip: float | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if strategy == "OnePassProbe" and load_kernel() is None:
+        pytest.skip("the one-pass kernel does not build here (no C compiler)")
+    monkeypatch.setattr(probe_module, "ONE_PASS", strategy == "OnePassProbe")
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", strategy == "NumpyHostProbe")
     monkeypatch.setattr(
         probe_module, "FUSED_MAX_ELEMENTS", 0 if strategy == "PerTensorProbe" else 1 << 16

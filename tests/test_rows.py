@@ -10,13 +10,17 @@ import gradsweep.probe as probe_module
 from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import run_experiment
 from gradsweep.model import ARCH_KEYS, build_mlp
+from gradsweep.probe.native import load_kernel
 from gradsweep.rows import divergence
 
 
-@pytest.mark.parametrize("strategy", ["numpy_host", "fused_torch", "per_tensor"])
+@pytest.mark.parametrize("strategy", ["one_pass", "numpy_host", "fused_torch", "per_tensor"])
 def test_parameter_columns_describe_parameters_and_are_null_on_preact_rows(
     strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if strategy == "one_pass" and load_kernel() is None:
+        pytest.skip("the one-pass kernel does not build here (no C compiler)")
+    monkeypatch.setattr(probe_module, "ONE_PASS", strategy == "one_pass")
     monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", strategy == "numpy_host")
     monkeypatch.setattr(
         probe_module, "FUSED_MAX_ELEMENTS", 0 if strategy == "per_tensor" else 1 << 16

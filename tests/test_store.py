@@ -18,6 +18,7 @@ import gradsweep.store as store
 from gradsweep.bins import N_HIST_BINS
 from gradsweep.config import RunConfig
 from gradsweep.experiment import RunResult, run_experiment
+from gradsweep.probe import strategy_for
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_metadata_round_trips(tmp_path: Path, frame: pd.DataFrame, execution: di
     assert meta["schema_version"] == str(store.SCHEMA_VERSION)
     assert meta["config"] == "act: sigmoid\n" and meta["status"] == "ok"
     assert {key: meta[key] for key in execution} == execution
-    assert (meta["device_name"], meta["stats_path"]) == ("cpu", "numpy-host")
+    assert (meta["device_name"], meta["stats_path"]) == ("cpu", strategy_for([], 1, "cpu").name)
     assert meta["torch_version"] and meta["version"]
     assert store.complete_metadata(path) == meta
     assert len(eval(meta["hist_bins"])) == N_HIST_BINS  # noqa: S307 - JSON list of strings

@@ -2,17 +2,19 @@
 
 Every tensor of interest (parameter gradients, BatchNorm parameter gradients
 and the backpropagated pre-activation gradients dL/dz) is reduced to a fixed
-row of statistics per replica. `GradientProbe` picks one of three strategies,
+row of statistics per replica. `GradientProbe` picks one of four strategies,
 each in its own module, all writing the packed vector `layout.PackedLayout`
 describes:
 
+* `one_pass.OnePassProbe`: on the CPU wherever its C kernel builds (`native`),
+  every statistic of a tensor from one read of it;
 * `numpy_host.NumpyHostProbe`: small networks in host memory, fused in numpy;
 * `fused_torch.FusedTorchProbe`: small networks otherwise (CUDA), all tensors
   concatenated into one float64 buffer and reduced by segment;
 * `per_tensor.PerTensorProbe`: large networks, reduced one stack of
   same-sized tensors at a time with no full-size temporaries.
 
-The fused strategies work in float64 with a two-pass (centred) variance; the
+The fused and one-pass strategies work in float64 with a centred variance; the
 per-tensor one in the gradient's dtype (see its module for its variance).
 Otherwise all give the same numbers. `measure` returns one packed tensor a
 logged step, which the run copies to the host (`host_copies.HostCopies`)
@@ -28,12 +30,15 @@ from gradsweep.probe.base import ProbeStrategy
 from gradsweep.probe.fused_torch import FusedTorchProbe
 from gradsweep.probe.host_copies import HostCopies
 from gradsweep.probe.layout import STAT_COLUMNS, PackedLayout, S, StepArrays, TensorSpec
+from gradsweep.probe.native import load_kernel
 from gradsweep.probe.numpy_host import NumpyHostProbe
+from gradsweep.probe.one_pass import OnePassProbe
 from gradsweep.probe.per_tensor import PerTensorProbe
 
 __all__ = [
     "FUSED_MAX_ELEMENTS",
     "HOST_REDUCTIONS",
+    "ONE_PASS",
     "STAT_COLUMNS",
     "GradientProbe",
     "HostCopies",
@@ -44,6 +49,8 @@ __all__ = [
     "strategy_for",
 ]
 
+# the one-pass kernel on the CPU wherever it builds (tests turn it off to reach the others)
+ONE_PASS = True
 # fused strategy in numpy when the tensors are in host memory (the torch one serves CUDA)
 HOST_REDUCTIONS = True
 FUSED_MAX_ELEMENTS = 1 << 16  # above it, dense per-tensor reductions beat segment ops (measured)
@@ -57,6 +64,8 @@ def strategy_for(
     A function of sizes and device alone, so that the statistics path of a run can be
     told from its configuration before it runs (`gradsweep.execution`).
     """
+    if device_type == "cpu" and ONE_PASS and load_kernel() is not None:
+        return OnePassProbe
     counts_nonfinite = counts_nonfinite or device_type != "cpu"
     fused = replicas * sum(s.numel for s in specs) <= FUSED_MAX_ELEMENTS
     if fused and HOST_REDUCTIONS and device_type == "cpu" and not counts_nonfinite:
@@ -87,10 +96,12 @@ class GradientProbe:
         self.specs = specs
         self.replicas = replicas
         self.device = device
-        self.counts_nonfinite = counts_nonfinite or device.type != "cpu"
-        kind = strategy_for(specs, replicas, device.type, self.counts_nonfinite)
+        kind = strategy_for(specs, replicas, device.type, counts_nonfinite)
+        self.counts_nonfinite = counts_nonfinite or device.type != "cpu" or kind is OnePassProbe
         self.strategy: ProbeStrategy
-        if kind is NumpyHostProbe:
+        if kind is OnePassProbe:
+            self.strategy = OnePassProbe(specs, replicas, dtype, load_kernel())
+        elif kind is NumpyHostProbe:
             self.strategy = NumpyHostProbe(specs, replicas)
         elif kind is FusedTorchProbe:
             self.strategy = FusedTorchProbe(specs, replicas, device, dtype, self.counts_nonfinite)
