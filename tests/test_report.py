@@ -272,8 +272,10 @@ def test_no_readable_runs_is_an_error(tmp_path: Path, capsys) -> None:
 
 
 def test_console_script_runs(smoke_sweep: Path, tmp_path: Path) -> None:
+    """The command on one run dir (the whole sweep's report is built in-process above)."""
+    run_dir = sorted(smoke_sweep.glob("*/grad_stats.parquet"))[0].parent
     done = subprocess.run(
-        [sys.executable, "-m", "gradsweep.report", str(smoke_sweep), "-o", str(tmp_path)],
+        [sys.executable, "-m", "gradsweep.report", str(run_dir), "-o", str(tmp_path)],
         capture_output=True,
         text=True,
     )
