@@ -39,15 +39,31 @@ def test_the_readme_sweep_writes_nine_complete_runs(cli, tmp_path: Path) -> None
     ("override", "needles"),
     [
         ("act=foo", ["act=foo", "'foo'", "sigmoid, tanh, relu, leaky_relu, gelu, selu, identity"]),
-        ("init=bogus", ["'bogus'", "xavier_uniform", "fan_in"]),
+        pytest.param("init=bogus", ["'bogus'", "xavier_uniform", "fan_in"], marks=pytest.mark.slow),
         ("depth=0", ["depth=0", "depth must be an integer >= 1"]),
-        ("width=-3", ["width=-3", "width must be an integer >= 1"]),
-        ("threads=0", ["threads=0 is invalid", "an integer >= 1 or auto"]),
+        pytest.param(
+            "width=-3", ["width=-3", "width must be an integer >= 1"], marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "threads=0", ["threads=0 is invalid", "an integer >= 1 or auto"], marks=pytest.mark.slow
+        ),
         ("threads=many", ["threads='many' is invalid", "an integer >= 1 or auto"]),
-        ("init_scale=-1", ["init_scale=-1", "init_scale must be a finite number > 0"]),
-        ("init_scale=inf", ["init_scale=inf", "init_scale must be a finite number > 0"]),
+        pytest.param(
+            "init_scale=-1",
+            ["init_scale=-1", "init_scale must be a finite number > 0"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "init_scale=inf",
+            ["init_scale=inf", "init_scale must be a finite number > 0"],
+            marks=pytest.mark.slow,
+        ),
         ("lr=nan", ["lr=nan", "lr must be a finite number > 0"]),
-        ("clip=0", ["clip=0", "clip must be null (no clipping) or a finite number > 0"]),
+        pytest.param(
+            "clip=0",
+            ["clip=0", "clip must be null (no clipping) or a finite number > 0"],
+            marks=pytest.mark.slow,
+        ),
         ("foo=1", ["foo", "not in 'AppConfig'"]),
         ("depth=abc", ["depth=abc", "'abc'"]),
     ],
@@ -69,15 +85,19 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(
     ("overrides", "needle"),
     [
         (["depth=5,0"], "depth=0 is invalid"),
-        (
-            ["depth=5,abc"],
-            "depth=abc",
-        ),  # jobs after the first share its composition: Hydra's type check still runs
+        # jobs after the first share its composition: Hydra's type check still runs
+        pytest.param(["depth=5,abc"], "depth=abc", marks=pytest.mark.slow),
         (["act=sigmoid,foo", "width=8,16"], "'foo'"),
-        (["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid"),
+        pytest.param(
+            ["batchnorm=false,true", "width=8,-1"], "width=-1 is invalid", marks=pytest.mark.slow
+        ),
         (["act=sigmoid,relu", "threads=1,2"], "threads=1,2 cannot be swept"),
         (["batchnorm=true", "norm=none,layer"], "batchnorm=true conflicts with norm=layer"),
-        (["residual=true", "depth=3,2"], "residual=true is invalid with depth=2"),
+        pytest.param(
+            ["residual=true", "depth=3,2"],
+            "residual=true is invalid with depth=2",
+            marks=pytest.mark.slow,
+        ),
         (
             ["residual=true", "branch_scale=1,'1/sqrt(depth)'"],
             "branch_scale='1/sqrt(depth)' is invalid",
