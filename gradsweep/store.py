@@ -223,14 +223,17 @@ def conform(table: pa.Table) -> pa.Table:
 
 def read_run_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """One run file as an arrow table in the current schema's columns (optionally only
-    `columns`): nulls stay apart from NaN."""
-    check_schema(path)
+    `columns`), read as `RunSet` reads it: nulls stay apart from NaN, and a sweep file older
+    than a column gets its `absent` value."""
+    meta = check_schema(path)
     if columns is None:
-        return conform(pq.read_table(path))
-    present = set(pq.read_schema(path).names)
-    return conform(pq.read_table(path, columns=[c for c in columns if c in present])).select(
-        columns
-    )
+        table = conform(pq.read_table(path))
+    else:
+        present = set(pq.read_schema(path).names)
+        table = conform(pq.read_table(path, columns=[c for c in columns if c in present]))
+        table = table.select(columns)
+    recorded = yaml.load(meta["config"], Loader=_YAML_LOADER).get("source") == RECORDER_SOURCE
+    return table if recorded else with_absent_values(table)
 
 
 def read_run(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

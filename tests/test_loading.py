@@ -215,3 +215,5 @@ def test_files_older_than_the_norm_and_residual_columns_load_with_their_defaults
     ]
     runs = store.RunSet([older]).runs
     assert runs[list(NEWER_COLUMNS)].iloc[0].tolist() == ["none", False, "1.0", "pre"]
+    single = store.read_run(older, columns=list(NEWER_COLUMNS))  # one file reads as RunSet does
+    assert single.drop_duplicates().values.tolist() == [["none", False, "1.0", "pre"]]
