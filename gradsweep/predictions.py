@@ -53,32 +53,36 @@ def predicted_factors(values: Mapping[str, Any], init_scale: float) -> np.ndarra
     )
 
 
-def attach_predictions(frame: pd.DataFrame, values: Mapping[str, Any]) -> pd.DataFrame:
-    """Add the prediction columns to a run's rows, each replica at the init_scale its rows carry."""
+def prediction_columns(
+    rows: Mapping[str, Any], values: Mapping[str, Any], scales: np.ndarray
+) -> dict[str, pd.arrays.FloatingArray]:
+    """The prediction columns of a run's rows, replica r at init_scale `scales[r]`.
+
+    `rows` holds the rows' `replica`, `step`, `layer`, `tensor` and `grad_norm` columns.
+    """
     depth = int(values["depth"])
-    scales = frame.groupby("replica")["init_scale"].first().sort_index().tolist()
     replicas = len(scales)
-    by_scale = {s: predicted_factors(values, s) for s in set(scales)}
+    by_scale = {s: predicted_factors(values, s) for s in set(scales.tolist())}
     factors = np.full((replicas, depth), np.nan)
     back = np.full((replicas, depth), np.nan)
-    for r, scale in enumerate(scales):
+    for r, scale in enumerate(scales.tolist()):
         factors[r, :-1] = by_scale[scale]
         back[r] = theory.predict_preact_norms(by_scale[scale], 1.0)
 
-    preact = (frame["tensor"] == "preact").to_numpy()
-    layer = frame["layer"].to_numpy()
-    replica = frame["replica"].to_numpy()
-    output = frame.loc[preact & (layer == depth - 1)]
-    anchor = output.set_index(["step", "replica"])["grad_norm"]
-    keys = pd.MultiIndex.from_arrays([frame["step"].to_numpy(), replica])
-    anchored = anchor.reindex(keys).to_numpy(dtype=np.float64)
+    preact = np.asarray(rows["tensor"] == "preact", dtype=bool)
+    layer = np.asarray(rows["layer"])
+    replica = np.asarray(rows["replica"])
+    steps, step = np.unique(np.asarray(rows["step"]), return_inverse=True)
+    output = preact & (layer == depth - 1)
+    anchor = np.full((len(steps), replicas), np.nan)
+    anchor[step[output], replica[output]] = np.asarray(rows["grad_norm"])[output]
 
-    rows = np.flatnonzero(preact)
-    factor_col = np.full(len(frame), np.nan)
-    norm_col = np.full(len(frame), np.nan)
-    factor_col[rows] = factors[replica[rows], layer[rows]]
-    norm_col[rows] = anchored[rows] * back[replica[rows], layer[rows]]
-    return frame.assign(
-        pred_preact_factor=pd.array(factor_col, dtype="Float64"),
-        pred_preact_norm=pd.array(norm_col, dtype="Float64"),
-    )
+    at = np.flatnonzero(preact)
+    factor_col = np.full(len(preact), np.nan)
+    norm_col = np.full(len(preact), np.nan)
+    factor_col[at] = factors[replica[at], layer[at]]
+    norm_col[at] = anchor[step[at], replica[at]] * back[replica[at], layer[at]]
+    return {
+        name: pd.arrays.FloatingArray(column, np.isnan(column))
+        for name, column in (("pred_preact_factor", factor_col), ("pred_preact_norm", norm_col))
+    }

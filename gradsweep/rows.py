@@ -16,12 +16,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from gradsweep.bins import N_HIST_BINS
-from gradsweep.predictions import attach_predictions
+from gradsweep.predictions import prediction_columns
 from gradsweep.probe.layout import PackedLayout, S
-from gradsweep.schema import COLUMNS, CONFIG_KEYS, RECORDER_SOURCE, SWEEP_SOURCE, names
+from gradsweep.schema import (
+    COLUMNS,
+    CONFIG_KEYS,
+    RECORDER_SOURCE,
+    STRING,
+    STRING_COLUMNS,
+    SWEEP_SOURCE,
+    names,
+)
 
+OUTCOMES: tuple[str, ...] = ("ok", "diverged")  # the `status` categories, in their order
 # One record a logged step: (step, whether it has a histogram, its packed host copy).
 Record = tuple[int, bool, np.ndarray]
 
@@ -35,53 +45,56 @@ def build_rows(
 ) -> tuple[pd.DataFrame, list[str], list[int | None]]:
     """The run's rows with predictions and status; each replica's status and divergence step.
 
-    `inits` is each replica's (seed, init_scale); `key` the run key.
+    `inits` is each replica's (seed, init_scale); `key` the run key. Columns are built whole,
+    as arrays in file order, so that the frame is neither reordered nor copied afterwards.
     """
-    frame = tidy_rows(records, layout, values, key, inits)
-    frame = attach_predictions(frame, values)
-    status, diverged = divergence(frame, layout.replicas)
-    frame["status"] = pd.Categorical(
-        [status[r] for r in frame["replica"]], categories=["ok", "diverged"]
-    )
-    frame["diverged_step"] = pd.array([diverged[r] for r in frame["replica"]], dtype="Int64")
-    return frame[list(names())], status, diverged
-
-
-def tidy_rows(
-    records: Sequence[Record],
-    layout: PackedLayout,
-    values: Mapping[str, Any],
-    key: str,
-    inits: Sequence[tuple[int, float]],
-) -> pd.DataFrame:
-    """Tidy rows: one per replica x logged step x tensor, with derived norms and moments."""
-    k, n_t = layout.replicas, len(layout.specs)
-    n_rows = len(records) * k * n_t
-    seeds, scales = (np.array(column) for column in zip(*inits))
-    per_replica = lambda a: np.broadcast_to(  # noqa: E731
-        a[None, :, None], (len(records), k, n_t)
-    ).reshape(-1)
-    v = values
-    special = {  # configuration columns that are not one plain value per run
-        "init_scale": per_replica(scales.astype(np.float64)),
-        "clip": pd.arrays.FloatingArray(
-            np.full(n_rows, v["clip"] or 0.0), np.full(n_rows, v["clip"] is None)
-        ),
-    }
     columns = statistic_columns(records, layout)
-    hist = columns.pop("grad_hist")
-    frame = pd.DataFrame(
-        {
-            "run_key": key,
-            "source": SWEEP_SOURCE,
-            **{name: special.get(name, v[item]) for name, item in CONFIG_KEYS.items()},
-            "seed": per_replica(seeds),
-            "module": pd.array(np.full(n_rows, None), dtype="str"),
-            **columns,
-        }
+    replica = columns["replica"]
+    seeds, scales = (np.array(column) for column in zip(*inits))
+    status, diverged = divergence(columns, layout.replicas)
+    columns.update(configuration_columns(values, key, len(replica)))
+    columns["init_scale"] = scales.astype(np.float64)[replica]
+    columns["seed"] = seeds[replica]
+    columns.update(prediction_columns(columns, values, scales))
+    columns.update(outcome_columns(replica, status, diverged))
+    return pd.DataFrame({name: columns[name] for name in names()}), status, diverged
+
+
+def configuration_columns(values: Mapping[str, Any], key: str, n_rows: int) -> dict[str, Any]:
+    """The run key, source and configuration columns of a sweep run's `n_rows` rows.
+
+    `init_scale` and `seed`, one value per replica, are left to the caller.
+    """
+    codes = np.zeros(n_rows, dtype=np.int64)
+    given = {name: values[item] for name, item in CONFIG_KEYS.items()}
+    given.update(run_key=key, source=SWEEP_SOURCE)
+    columns: dict[str, Any] = {
+        name: string_column([value], codes) if name in STRING_COLUMNS else np.full(n_rows, value)
+        for name, value in given.items()
+    }
+    clip = values["clip"]
+    columns["clip"] = pd.arrays.FloatingArray(
+        np.full(n_rows, clip or 0.0), np.full(n_rows, clip is None)
     )
-    frame["grad_hist"] = hist
-    return frame
+    columns["module"] = string_column([None], codes)
+    return columns
+
+
+def string_column(labels: Sequence[str | None], codes: np.ndarray) -> Any:
+    """`labels[codes]` as the frame's string column, built in arrow with no Python object a row."""
+    return pa.array(labels, STRING).take(codes).to_pandas().array
+
+
+def outcome_columns(
+    replica: np.ndarray, status: Sequence[str], diverged: Sequence[int | None]
+) -> dict[str, Any]:
+    """Each row's `status` and `diverged_step`: its replica's."""
+    codes = np.array([OUTCOMES.index(s) for s in status], dtype=np.int8)
+    steps = np.array([-1 if d is None else d for d in diverged], dtype=np.int64)
+    return {
+        "status": pd.Categorical.from_codes(codes[replica], categories=list(OUTCOMES)),
+        "diverged_step": pd.arrays.IntegerArray(steps[replica], steps[replica] < 0),
+    }
 
 
 def statistic_columns(records: Sequence[Record], layout: PackedLayout) -> dict[str, Any]:
@@ -116,11 +129,13 @@ def statistic_columns(records: Sequence[Record], layout: PackedLayout) -> dict[s
     grad_sq_params = np.where(is_param, raw[..., S["grad_sumsq"]], 0.0)
     total = np.sqrt(grad_sq_params.sum(-1))  # (steps, K)
     coef_rows = np.where(is_param, coef[:, :, None], 1.0).reshape(-1)
+    tensors = sorted({s.tensor for s in specs})
+    tensor_codes = np.array([tensors.index(s.tensor) for s in specs])
     return {
         "replica": np.broadcast_to(np.arange(k)[None, :, None], shape).reshape(-1),
         "step": np.broadcast_to(steps[:, None, None], shape).reshape(-1),
         "layer": np.broadcast_to(np.array([s.layer for s in specs]), shape).reshape(-1),
-        "tensor": np.broadcast_to(np.array([s.tensor for s in specs]), shape).reshape(-1),
+        "tensor": string_column(tensors, np.broadcast_to(tensor_codes, shape).reshape(-1)),
         "grad_norm": grad_norm,
         "grad_norm_clipped": grad_norm * coef_rows,
         "grad_mean": mean,
@@ -152,17 +167,23 @@ def _hist_column(hists: list[np.ndarray | None], k: int, n_t: int) -> list:
     return column
 
 
-def divergence(stats: pd.DataFrame, replicas: int) -> tuple[list[str], list[int | None]]:
-    """A replica diverged at the first step with a NaN/Inf gradient element, norm or loss."""
+def divergence(stats: Mapping[str, Any], replicas: int) -> tuple[list[str], list[int | None]]:
+    """A replica diverged at the first step with a NaN/Inf gradient element, norm or loss.
+
+    `stats` holds the rows' columns (a frame, or the arrays `statistic_columns` gives).
+    """
+    column = lambda name, dtype: np.asarray(stats[name], dtype=dtype)  # noqa: E731
     bad = (
-        (stats["grad_n_nan"] > 0)
-        | (stats["grad_n_inf"] > 0)
-        | ~np.isfinite(stats["grad_norm"])
-        | ~np.isfinite(stats["loss"])
+        (column("grad_n_nan", np.int64) > 0)
+        | (column("grad_n_inf", np.int64) > 0)
+        | ~np.isfinite(column("grad_norm", np.float64))
+        | ~np.isfinite(column("loss", np.float64))
     )
-    first = stats.loc[bad].groupby("replica")["step"].min()
-    diverged = [int(first[r]) if r in first.index else None for r in range(replicas)]
-    return ["ok" if d is None else "diverged" for d in diverged], diverged
+    never = np.iinfo(np.int64).max
+    first = np.full(replicas, never)
+    np.minimum.at(first, column("replica", np.int64)[bad], column("step", np.int64)[bad])
+    diverged = [None if f == never else int(f) for f in first]
+    return [OUTCOMES[d is not None] for d in diverged], diverged
 
 
 LOSS: tuple[str, ...] = ("loss",)  # the tail a Recorder appends to the probe's packed step
@@ -212,8 +233,8 @@ def recorder_rows(
         frame[column.name] = pd.array(np.full(n_rows, value, dtype=object), dtype=dtype)
     frame["module"] = frame["module"].astype("str")
     status, diverged = divergence(frame, 1)
-    frame["status"] = pd.Categorical(status * n_rows, categories=["ok", "diverged"])
-    frame["diverged_step"] = pd.array(diverged * n_rows, dtype="Int64")
+    for name, column in outcome_columns(np.zeros(n_rows, dtype=np.int64), status, diverged).items():
+        frame[name] = column
     return frame[list(names())], recorder_summary(frame, status[0], diverged[0])
 
 
