@@ -10,6 +10,7 @@ from gradsweep import theory
 from gradsweep.config import Init
 from gradsweep.model import ResidualBlock, build_mlp
 from gradsweep.model.parts import BranchScale
+from gradsweep.model.sequential import replica_networks
 
 
 def test_exercise_network_is_5_linear_plus_5_sigmoid() -> None:
@@ -152,3 +153,26 @@ def test_bad_names_list_the_choices(kwargs: dict, needle: str, choices: str) -> 
 def test_residual_without_a_layer_of_equal_widths_is_refused() -> None:
     with pytest.raises(ValueError, match="residual=true needs a hidden layer of equal input"):
         build_mlp(depth=2, residual=True)
+
+
+@pytest.mark.parametrize("init", [i.value for i in Init])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"act": "tanh", "bias_init": "zeros"},
+        {"act": "relu", "norm": "batch", "output_act": False},
+        {"act": "tanh", "residual": True, "norm": "layer", "in_features": 20, "depth": 3},
+    ],
+)
+def test_replica_networks_draw_what_build_mlp_draws_for_each_seed(init: str, arch: dict) -> None:
+    arch = {"init": init, "bias_init": "default", **arch}
+    inits = [(11, 1.0), (4, 2.5), (11, 0.5), (7, 1.0)]
+    state = torch.random.get_rng_state()
+    drawn = [
+        [p.detach().clone() for p in net.parameters()] for net in replica_networks(arch, inits)
+    ]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for params, (seed, scale) in zip(drawn, inits, strict=True):
+        alone = build_mlp(**arch, init_scale=scale, seed=seed)
+        for p, q in zip(params, alone.parameters(), strict=True):
+            assert torch.equal(p, q)

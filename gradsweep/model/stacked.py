@@ -7,14 +7,14 @@ current values. Both forms come from the same layer plan (`parts.py`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from gradsweep.model.parts import LayerPlan, part_modules, plan_for
-from gradsweep.model.sequential import ARCH_KEYS, build_mlp
+from gradsweep.model.sequential import ARCH_KEYS, replica_networks
 from gradsweep.probe.layout import TensorSpec
 
 
@@ -77,27 +77,35 @@ class StackedMLP:
     def stack(
         cls,
         plan: Sequence[LayerPlan],
-        models: Sequence[nn.Sequential],
+        models: Iterable[nn.Sequential],
         device: torch.device,
         dtype: torch.dtype,
     ) -> StackedMLP:
-        """Stack the parameters of `models` (an nn.Sequential of `plan` a replica) into leaves."""
+        """Stack the parameters of `models` (an nn.Sequential of `plan` a replica) into leaves.
+
+        Each model is copied before the next is taken, so `models` may redraw one network.
+        """
         parts = [part for layer in plan for part in layer.parts]
-        modules = [part_modules(model) for model in models]
-        for own in modules:
+        copies = []  # per model, per part: its parameters in stacked layout
+        for model in models:
+            own = part_modules(model)
             if len(own) != len(parts):
                 raise ValueError(f"a model of {len(own)} modules for a plan of {len(parts)} parts")
-        groups = []
-        for index, part in enumerate(parts):
-            per_model = [part.stacked(own[index]) for own in modules]
-            groups.append(
+            copies.append(
                 [
-                    torch.stack([own[i].detach() for own in per_model])
-                    .to(device=device, dtype=dtype)
-                    .requires_grad_(True)
-                    for i in range(len(part.tensors))
+                    [t.detach().clone() for t in part.stacked(module)]
+                    for part, module in zip(parts, own)
                 ]
             )
+        groups = [
+            [
+                torch.stack([per_model[index][i] for per_model in copies])
+                .to(device=device, dtype=dtype)
+                .requires_grad_(True)
+                for i in range(len(part.tensors))
+            ]
+            for index, part in enumerate(parts)
+        ]
         return cls(plan, groups)
 
     @classmethod
@@ -110,8 +118,7 @@ class StackedMLP:
     ) -> StackedMLP:
         """The network of a run's `values`; replica r is build_mlp's for (seed, scale) inits[r]."""
         arch = {key: values[key] for key in ARCH_KEYS}
-        models = [build_mlp(**{**arch, "init_scale": scale}, seed=seed) for seed, scale in inits]
-        return cls.stack(plan_for(values), models, device, dtype)
+        return cls.stack(plan_for(values), replica_networks(arch, inits), device, dtype)
 
     def parameters(self) -> list[torch.Tensor]:
         """Every stacked parameter, layer by layer, each part's in its `tensors` order."""
