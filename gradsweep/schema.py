@@ -310,6 +310,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("diverged_step", INT, NULL, OUTCOME, "first step with a non-finite value; null when ok"),
 )
 
+# Configuration columns a sweep file fills on every row; `store.run_table` checks them.
+SWEEP_REQUIRED: tuple[str, ...] = tuple(
+    c.name for c in COLUMNS if c.role is CONFIG and not c.nullable
+)
 # Recorder files have no MLP configuration: every configuration column may be null there.
 COLUMNS = tuple(replace(c, nullable=True) if c.role is CONFIG else c for c in COLUMNS)
 COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -409,14 +413,17 @@ def markdown_table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> 
     return "\n".join(lines) + "\n"
 
 
+def _null_cell(column: Column) -> str:
+    if column.name in SWEEP_REQUIRED:
+        return "in recordings"
+    return "yes" if column.nullable else "no"
+
+
 def columns_markdown() -> str:
     """The run file's columns as a Markdown table: name, arrow type, null, role, meaning."""
     return markdown_table(
         ("column", "type", "null", "role", "meaning"),
-        (
-            (f"`{c.name}`", str(c.type), "yes" if c.nullable else "no", c.role.value, c.meaning)
-            for c in COLUMNS
-        ),
+        ((f"`{c.name}`", str(c.type), _null_cell(c), c.role.value, c.meaning) for c in COLUMNS),
     )
 
 

@@ -44,6 +44,7 @@ from gradsweep.schema import (
     SCHEMA_VERSION,
     STATS_FILE,
     STRING_COLUMNS,
+    SWEEP_REQUIRED,
     SWEEP_SOURCE,
     check_columns,
 )
@@ -87,10 +88,18 @@ def run_table(frame: pd.DataFrame) -> pa.Table:
     """A run's rows as an arrow table of the run file's schema (`schema.RUN_SCHEMA`).
 
     Raises a ValueError naming the missing and extra columns, or the column
-    holding a null that the schema does not allow.
+    holding a null that the schema does not allow (a sweep row's configuration included).
     """
     check_columns(frame.columns)
-    return pa.Table.from_pandas(frame, schema=RUN_SCHEMA, preserve_index=False)
+    table = pa.Table.from_pandas(frame, schema=RUN_SCHEMA, preserve_index=False)
+    sweep_rows = pc.equal(table["source"], SWEEP_SOURCE)
+    for name in SWEEP_REQUIRED:
+        if table[name].null_count and pc.any(pc.and_(sweep_rows, table[name].is_null())).as_py():
+            raise ValueError(
+                f"column {name!r} holds a null on a {SWEEP_SOURCE!r} row: a sweep run file "
+                "carries its whole configuration (only recordings leave it null)"
+            )
+    return table
 
 
 WRITE_DELAY_ENV = "GRADSWEEP_WRITE_DELAY"

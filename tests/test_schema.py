@@ -59,7 +59,25 @@ def test_the_writer_refuses_a_null_where_the_schema_has_none(tmp_path: Path, fra
         store.write_run(frame.assign(numel=None), tmp_path / schema.STATS_FILE, {})
 
 
+@pytest.mark.parametrize(
+    ("column", "null"), [("act", None), ("depth", pd.NA), ("lr", float("nan"))]
+)
+def test_the_writer_refuses_a_sweep_row_without_its_configuration(
+    tmp_path: Path, frame, column: str, null
+) -> None:
+    assert column in schema.SWEEP_REQUIRED
+    values = frame[column].astype(object)
+    values.iloc[3] = null
+    with pytest.raises(ValueError, match=f"column '{column}' holds a null on a 'sweep' row"):
+        store.write_run(frame.assign(**{column: values}), tmp_path / schema.STATS_FILE, {})
+    assert not (tmp_path / schema.STATS_FILE).exists()
+    recording = frame.assign(**{column: values, "source": schema.RECORDER_SOURCE})
+    store.write_run(recording, tmp_path / schema.STATS_FILE, {})
+
+
 def test_configuration_columns_may_be_null_as_in_recorder_files() -> None:
+    assert "clip" not in schema.SWEEP_REQUIRED
+    assert set(schema.SWEEP_REQUIRED) | {"clip"} == set(schema.CONFIG_COLUMNS)
     for name in schema.CONFIG_COLUMNS:
         assert schema.RUN_SCHEMA.field(name).nullable, name
     assert schema.RUN_SCHEMA.field("module").nullable
