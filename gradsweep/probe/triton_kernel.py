@@ -1,11 +1,12 @@
 """The one-pass statistics kernel in Triton: two launches a logged step, on the device.
 
 `chunk_moments` reads each chunk of a (tensor, replica) segment once, BLOCK
-elements at a time: every block gives its float64 sum, sum of squares and
-centred sum of squares (the block is in registers, so centring it costs no
-second read), its extremes with NaN left out, its zero, NaN and Inf counts and,
-for gradients, its binade histogram; blocks merge with Chan et al.'s pairwise
-update into one row of `work` and `hist_work` per chunk. `segment_rows` then
+elements at a time: every block gives its float64 sum and centred sum of squares
+(the block is in registers, so centring it costs no second read), merged block
+by block with Chan et al.'s pairwise update; sums of squares, extremes with NaN
+left out, zero, NaN and Inf counts and, for gradients, the binade histogram
+accumulate per lane and are reduced once, into one row of `work` and of
+`hist_work` per chunk. `segment_rows` then
 merges each segment's chunks in their fixed order and writes the stats rows and
 histogram block of `gradsweep.probe.layout.PackedLayout`, so no float is ever
 added atomically and the numbers do not depend on scheduling.
@@ -84,12 +85,13 @@ def chunk_moments(
     mean = tl.zeros((), tl.float64)
     m2 = tl.zeros((), tl.float64)
     total = tl.zeros((), tl.float64)
-    sumsq = tl.zeros((), tl.float64)
-    lo = tl.full((), float("inf"), tl.float64)
-    hi = tl.full((), float("-inf"), tl.float64)
-    zeros = tl.zeros((), tl.int64)
-    nans = tl.zeros((), tl.int64)
-    nonfinite = tl.zeros((), tl.int64)
+    # per lane until the chunk's end, where each is reduced once
+    sumsq = tl.zeros((BLOCK,), tl.float64)
+    lo = tl.full((BLOCK,), float("inf"), tl.float64)
+    hi = tl.full((BLOCK,), float("-inf"), tl.float64)
+    zeros = tl.zeros((BLOCK,), tl.int32)
+    nans = tl.zeros((BLOCK,), tl.int32)
+    nonfinite = tl.zeros((BLOCK,), tl.int32)
     hist = tl.zeros((HIST_LANES,), tl.int32)
     for start in range(0, length, BLOCK):
         inside = start + lanes < length
@@ -101,13 +103,13 @@ def chunk_moments(
         centred = tl.where(inside, d - mean_b, 0.0)
         n, mean, m2 = _merge(n, mean, m2, n_b, mean_b, tl.sum(centred * centred))
         total += s_b
-        sumsq += tl.sum(d * d)
+        sumsq += d * d
         is_nan = x != x
-        lo = tl.minimum(lo, tl.min(tl.where(inside & ~is_nan, d, float("inf"))))
-        hi = tl.maximum(hi, tl.max(tl.where(inside & ~is_nan, d, float("-inf"))))
-        zeros += tl.sum((inside & (x == 0)).to(tl.int64))
-        nans += tl.sum((inside & is_nan).to(tl.int64))
-        nonfinite += tl.sum((inside & (is_nan | (tl.abs(d) == float("inf")))).to(tl.int64))
+        lo = tl.minimum(lo, tl.where(inside & ~is_nan, d, float("inf")))
+        hi = tl.maximum(hi, tl.where(inside & ~is_nan, d, float("-inf")))
+        zeros += (inside & (x == 0)).to(tl.int32)
+        nans += (inside & is_nan).to(tl.int32)
+        nonfinite += (inside & (is_nan | (tl.abs(d) == float("inf")))).to(tl.int32)
         if counts_bins:
             if DTYPE == tl.float32:
                 exponent = (x.to(tl.int32, bitcast=True) & 0x7FFFFFFF) >> 23
@@ -120,14 +122,14 @@ def chunk_moments(
     part = work + pid * WORK_FIELDS
     tl.store(part, n)
     tl.store(part + 1, total)
-    tl.store(part + 2, sumsq)
+    tl.store(part + 2, tl.sum(sumsq))
     tl.store(part + 3, mean)
     tl.store(part + 4, m2)
-    tl.store(part + 5, lo)
-    tl.store(part + 6, hi)
-    tl.store(part + 7, zeros.to(tl.float64))
-    tl.store(part + 8, nans.to(tl.float64))
-    tl.store(part + 9, nonfinite.to(tl.float64))
+    tl.store(part + 5, tl.min(lo))
+    tl.store(part + 6, tl.max(hi))
+    tl.store(part + 7, tl.sum(zeros).to(tl.float64))
+    tl.store(part + 8, tl.sum(nans).to(tl.float64))
+    tl.store(part + 9, tl.sum(nonfinite).to(tl.float64))
     if counts_bins:
         tl.store(hist_work + pid * HIST_LANES + tl.arange(0, HIST_LANES), hist)
 
