@@ -6,17 +6,18 @@ elements at a time: every block gives its float64 sum and centred sum of squares
 by block with Chan et al.'s pairwise update; sums of squares, extremes with NaN
 left out, zero, NaN and Inf counts and, for gradients, the binade histogram
 accumulate per lane and are reduced once, into one row of `work` and of
-`hist_work` per chunk. `segment_rows` then
-merges each segment's chunks in their fixed order and writes the stats rows and
-histogram block of `gradsweep.probe.layout.PackedLayout`, so no float is ever
-added atomically and the numbers do not depend on scheduling.
+`hist_work` per chunk. `segment_rows` then merges each segment's chunks in their
+fixed order and writes the stats rows and histogram block of
+`gradsweep.probe.layout.PackedLayout`, so no float is ever added atomically and
+the numbers do not depend on scheduling.
 
-Imported only by `one_pass_triton.load_triton`: `triton.jit` reads
-TRITON_INTERPRET when it decorates, so whether these kernels run compiled or in
-Triton's interpreter (CPU tensors, tests) is fixed when this module is imported.
-Sizes are runtime arguments, never specialised on; only block sizes and the
-element type are compile-time constants, so a process compiles each kernel once
-per element type.
+Imported only by `one_pass_triton.load_triton`, where triton imports. Whether
+these kernels run compiled or in Triton's interpreter (CPU tensors, tests) is
+fixed by TRITON_INTERPRET when triton itself is first imported in the process,
+since triton decorates its own library (tl.zeros, tl.sum) then. Sizes are
+runtime arguments, never specialised on; only block sizes and the element type
+are compile-time constants, so a process compiles each kernel once per element
+type.
 """
 
 from __future__ import annotations
