@@ -204,3 +204,36 @@ def test_cuda_takes_the_triton_kernel_where_triton_imports(
         assert triton_module.load_triton() is None
     finally:
         triton_module.load_triton.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_kernels_compile_for_a_gpu(
+    dtype: torch.dtype, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both kernels lower to a CUDA binary (sm_90), which the interpreter does not check."""
+    kernels = triton_module.load_triton()
+    if kernels is None:
+        pytest.skip("triton is not installed (the `triton` extra)")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    target = GPUTarget("cuda", 90, 32)
+    tables = {"pointers": "*i64", "chunks": "*i64", "work": "*fp64", "hist_work": "*i32"}
+    sources = [
+        ASTSource(
+            kernels.chunk_moments,
+            {**tables, "with_hist": "i32", "DTYPE": "constexpr", "BLOCK": "constexpr"},
+            {"DTYPE": kernels.ELEMENT_TYPES[dtype], "BLOCK": BLOCK},
+        ),
+        ASTSource(
+            kernels.segment_rows,
+            {"segments": "*i64", "work": "*fp64", "hist_work": "*i32", "out": "*fp64"}
+            | {"hist_start": "i32", "with_hist": "i32"},
+            {},
+        ),
+    ]
+    for source in sources:
+        compiled = triton.compile(source, target=target, options=triton_module.COMPILE_OPTIONS)
+        assert compiled.asm["cubin"]
