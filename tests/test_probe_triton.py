@@ -3,9 +3,10 @@
 Triton reads TRITON_INTERPRET whenever `triton.jit` decorates a function, and it
 decorates its own library (tl.zeros, tl.sum, ...) when triton is first imported:
 the interpreter works only in a process that set the variable before importing
-triton. So the `interpreted` fixture runs `write_interpreted_results` in a fresh
-interpreter with TRITON_INTERPRET=1 (CPU tensors, numpy arithmetic), and the
-tests compare what it wrote with the other paths in this process.
+triton. So the `interpreted` fixture runs `write_interpreted_results` in a new
+Python process with TRITON_INTERPRET=1 (CPU tensors, numpy arithmetic), and the
+tests compare what it wrote with the other paths in this process. The last test
+compiles the kernels for a GPU, which the interpreter does not.
 
 Tolerance: every histogram bin, zero/NaN/Inf count, min and max exactly; sums of
 squares and centred sums within 1e-9 relative and sums within 1e-9 of their
@@ -89,7 +90,7 @@ def write_interpreted_results(out: str) -> None:
 
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The results of `write_interpreted_results`, run in a fresh interpreter under Triton's."""
+    """What `write_interpreted_results` wrote, in a new process under Triton's interpreter."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed (the `triton` extra)")
     version = metadata.version("triton")
