@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e ".[dev,tensorboard,wandb]"
+	$(BIN)/python -m pip install -q -e ".[dev,tensorboard,wandb,triton]"
 	touch $(STAMP)
 
 sweep: $(STAMP)

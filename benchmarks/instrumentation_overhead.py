@@ -75,6 +75,14 @@ def measure(
     return statistics.median(bare_t), statistics.median(inst_t)
 
 
+def step_tensors(run: GradientFlowRun) -> list[torch.Tensor]:
+    """The gradients of `run`'s step 0 in the probe's order (parameters', then dL/dz)."""
+    x, targets = run.batch(0)
+    out, preacts = run.network.forward(x)
+    grads = torch.autograd.grad(run.losses(out, targets).sum(), run.params + preacts)
+    return [grads[i] for i in run._grad_order]
+
+
 def statistics_and_floor(overrides: dict, hist: bool, repeats: int, n_steps: int) -> tuple:
     """Median seconds of the probe on one step's tensors and of one read of each (a sum).
 
@@ -82,10 +90,7 @@ def statistics_and_floor(overrides: dict, hist: bool, repeats: int, n_steps: int
     """
     run = GradientFlowRun(RunConfig(steps=10**9, **overrides))
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-    x, targets = run.batch(0)
-    out, preacts = run.network.forward(x)
-    grads = torch.autograd.grad(run.losses(out, targets).sum(), run.params + preacts)
-    ordered = [grads[i] for i in run._grad_order]
+    ordered = step_tensors(run)
     tensors = [*ordered, *run.params]
 
     def probe() -> None:

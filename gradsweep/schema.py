@@ -373,8 +373,9 @@ EXECUTION_METADATA: dict[str, str] = {
     "the number of cores)",
     "device_name": "`cpu` or the CUDA device's name",
     "stats_path": "the statistics path (probe strategy) that reduced the gradients: "
-    "`one-pass-cpp` (the C kernel, on the CPU wherever it builds), `numpy-host`, `fused-torch` "
-    "or `per-tensor`",
+    "`one-pass-cpp` (the C kernel, on the CPU wherever it builds), `one-pass-triton` (the "
+    "Triton kernel, on CUDA wherever triton imports), `numpy-host`, `fused-torch` or "
+    "`per-tensor`",
 }
 
 # Key-value metadata in every run file's footer, each key under META_PREFIX.

@@ -1,8 +1,9 @@
-"""Shared helpers: run the real gradsweep CLI in a subprocess."""
+"""Shared helpers: run the real gradsweep CLI in a subprocess; probe inputs and comparisons."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+import gradsweep.probe as probe_module
+from gradsweep.probe import GradientProbe, StepArrays, TensorSpec
 from gradsweep.store import STATS_FILE, read_metadata, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,3 +197,100 @@ def assert_same_sweep(a: Path, b: Path, exact: bool = True) -> None:
     assert files_a.keys() == files_b.keys() and files_a
     for name in files_a:
         assert_same_run_file(files_a[name], files_b[name], exact)
+
+
+def negative_nan(dtype: type) -> np.generic:
+    """A NaN with its sign bit set."""
+    bits = {np.float32: np.uint32(0xFFC00000), np.float64: np.uint64(0xFFF8000000000000)}[dtype]
+    return np.array([bits]).view(dtype)[0]
+
+
+def edge_values(dtype: type) -> np.ndarray:
+    """Zeros of both signs, subnormals, NaN and Inf, and both sides of every bin edge."""
+    edges = 2.0 ** np.arange(-41, 16, dtype=np.float64)
+    at = edges.astype(dtype)
+    below = np.nextafter(at, dtype(0))
+    specials = [0.0, -0.0, np.finfo(dtype).smallest_subnormal, np.finfo(dtype).tiny / 3]
+    specials += [math.nan, negative_nan(dtype), math.inf, -math.inf, np.finfo(dtype).max]
+    values = np.concatenate([at, below, -at, -below, np.array(specials, dtype=dtype)])
+    return values.astype(dtype)
+
+
+def probe_tensors(
+    dtype: type, specs: list[TensorSpec], replicas: int, special: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(K, numel) gradients of every sign and scale, with the edge values in some rows;
+    parameters for the specs that are parameters."""
+    rng = np.random.default_rng(1)
+    grads, params = [], []
+    for t, spec in enumerate(specs):
+        g = rng.standard_normal((replicas, spec.numel)) * 10.0 ** rng.uniform(-12, 3, spec.numel)
+        g[rng.random(g.shape) < 0.1] = 0.0
+        if special and t % 2 == 0:
+            edge = edge_values(dtype)
+            g[replicas - 1, rng.choice(spec.numel, min(spec.numel, edge.size), replace=False)] = (
+                edge[: spec.numel]
+            )
+        grads.append(torch.from_numpy(g.astype(dtype)))
+        if spec.is_param:
+            p = 3.0 + rng.standard_normal((replicas, spec.numel))
+            params.append(torch.from_numpy(p.astype(dtype)))
+    return grads, params
+
+
+def probe_step(
+    specs: list[TensorSpec],
+    replicas: int,
+    grads: list[torch.Tensor],
+    params: list[torch.Tensor],
+    strategy: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[str, StepArrays]:
+    """One CPU step's stats and histograms from `strategy`: one-pass, numpy, torch (NaN/Inf
+    counted on the device) or per-tensor; and the name of the strategy that ran."""
+    monkeypatch.setattr(probe_module, "ONE_PASS", strategy == "one-pass")
+    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", strategy == "numpy")
+    monkeypatch.setattr(
+        probe_module, "FUSED_MAX_ELEMENTS", 0 if strategy == "per-tensor" else 1 << 30
+    )
+    probe = GradientProbe(
+        specs, replicas, torch.device("cpu"), grads[0].dtype, counts_nonfinite=strategy == "torch"
+    )
+    packed = probe.measure(grads, params, with_hist=True).numpy().copy()
+    probe.repair_nonfinite(packed, grads, params)
+    return probe.strategy.name, probe.layout.unpack(packed, with_hist=True)
+
+
+def assert_same_statistics(
+    mine: StepArrays, theirs: StepArrays, specs: list[TensorSpec], rtol: float
+) -> None:
+    """Every histogram bin, zero/NaN/Inf count, min and max equal; sums of squares and centred
+    sums within `rtol`, sums within `rtol` of their scale; param columns of parameters only."""
+    np.testing.assert_array_equal(mine.hist, theirs.hist)
+    assert (mine.hist.sum(-1) == np.array([s.numel for s in specs])).all()
+    names = probe_module.S
+    exact = ["grad_n_zero", "grad_n_nan", "grad_n_inf", "grad_min", "grad_max"]
+    for column in exact:
+        np.testing.assert_array_equal(
+            mine.stats[..., names[column]], theirs.stats[..., names[column]], err_msg=column
+        )
+    param_rows = [s.is_param for s in specs]
+    numel = np.array([s.numel for s in specs], dtype=np.float64)
+    for prefix, rows in (("grad", slice(None)), ("param", param_rows)):
+        a, b = (x[:, rows] for x in (mine.stats, theirs.stats))
+        for column in ("sumsq", "m2"):
+            np.testing.assert_allclose(
+                a[..., names[f"{prefix}_{column}"]],
+                b[..., names[f"{prefix}_{column}"]],
+                rtol=rtol,
+                equal_nan=True,
+                err_msg=f"{prefix}_{column}",
+            )
+        # a sum rounds relative to the sum of |x| <= sqrt(numel * sum of squares)
+        scale = np.sqrt(numel[rows] * b[..., names[f"{prefix}_sumsq"]])
+        diff = np.abs(a[..., names[f"{prefix}_sum"]] - b[..., names[f"{prefix}_sum"]])
+        finite = np.isfinite(scale)
+        assert (diff[finite] <= rtol * scale[finite]).all(), f"{prefix}_sum"
+        np.testing.assert_array_equal(
+            np.isfinite(a[..., names[f"{prefix}_sum"]]), np.isfinite(b[..., names[f"{prefix}_sum"]])
+        )

@@ -27,6 +27,7 @@ from gradsweep.probe.fused_torch import FusedTorchProbe
 from gradsweep.probe.native import load_kernel
 from gradsweep.probe.numpy_host import NumpyHostProbe
 from gradsweep.probe.one_pass import OnePassProbe
+from gradsweep.probe.one_pass_triton import OnePassTritonProbe, load_triton
 from gradsweep.probe.per_tensor import PerTensorProbe
 from gradsweep.store import read_metadata, run_metadata, write_run
 
@@ -128,16 +129,29 @@ def test_the_planned_record_of_a_replica_group_is_the_stacked_runs(
     assert planned == ReplicaGroupRun(members).run_members()[0].execution
 
 
-def test_cuda_without_cuda_is_planned_as_unavailable() -> None:
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_cuda_without_cuda_is_planned_as_unavailable(
+    one_pass: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA the Triton kernel where triton imports, else the fused path (a small network)."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(probe_module, "ONE_PASS", one_pass)
     planned = planned_execution(_members(device="cuda"), 1)
-    assert (planned.device_name, planned.stats_path) == (UNAVAILABLE, FusedTorchProbe.name)
+    triton = one_pass and load_triton() is not None
+    stats_path = OnePassTritonProbe.name if triton else FusedTorchProbe.name
+    assert (planned.device_name, planned.stats_path) == (UNAVAILABLE, stats_path)
 
 
 def test_every_statistics_path_has_a_documented_name() -> None:
-    names = [OnePassProbe.name, NumpyHostProbe.name, FusedTorchProbe.name, PerTensorProbe.name]
-    assert len(set(names)) == 4
+    names = [
+        OnePassProbe.name,
+        OnePassTritonProbe.name,
+        NumpyHostProbe.name,
+        FusedTorchProbe.name,
+        PerTensorProbe.name,
+    ]
+    assert len(set(names)) == 5
     assert all(f"`{name}`" in schema.EXECUTION_METADATA["stats_path"] for name in names)
 
 

@@ -26,6 +26,9 @@ from gradsweep.store import is_complete, read_metadata
 
 CONF_FILES = sorted(p.relative_to(REPO / "conf").as_posix() for p in REPO.glob("conf/**/*.yaml"))
 SOURCE_DIRS = ("gradsweep", "hydra_plugins")
+# Modules the package imports only on use (importlib, where their extra imports): their
+# module-level imports count as imports on use.
+ON_USE_MODULES = {"gradsweep.probe.triton_kernel"}
 
 
 def run_config(path: Path) -> dict:
@@ -38,21 +41,32 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def imported_top_level_modules() -> tuple[set[str], set[str]]:
-    """Top-level modules the package's source imports: at module level, and inside functions."""
-    eager, lazy = set(), set()
+def module_imports() -> dict[str, tuple[set[str], set[str]]]:
+    """Each source module's imported modules (dotted): at module level, and inside functions."""
+    imports = {}
     for directory in SOURCE_DIRS:
         for path in (REPO / directory).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
             tree = ast.parse(path.read_text())
             at_module_level = {id(node) for node in tree.body}
+            eager, lazy = imports.setdefault(name, (set(), set()))
             for node in ast.walk(tree):
                 if isinstance(node, ast.Import):
-                    found = {alias.name.split(".")[0] for alias in node.names}
+                    found = {alias.name for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    found = {node.module.split(".")[0]}
+                    found = {node.module}
                 else:
                     continue
                 (eager if id(node) in at_module_level else lazy).update(found)
+    return imports
+
+
+def imported_top_level_modules() -> tuple[set[str], set[str]]:
+    """Top-level modules the package's source imports: at module level, and on use."""
+    eager, lazy = set(), set()
+    for name, (at_level, in_functions) in module_imports().items():
+        (lazy if name in ON_USE_MODULES else eager).update(m.split(".")[0] for m in at_level)
+        lazy.update(m.split(".")[0] for m in in_functions)
     return eager, lazy
 
 
@@ -84,6 +98,16 @@ def test_every_imported_third_party_module_is_a_declared_dependency() -> None:
     assert not missing, f"imported but not in [project].dependencies: {missing}"
     missing = undeclared(lazy, core | extras)
     assert not missing, f"imported on use but in no dependency or extra: {missing}"
+
+
+def test_modules_of_an_extra_are_imported_on_use_only() -> None:
+    """No module imports one of ON_USE_MODULES at module level; each is imported on use."""
+    imports = module_imports()
+    assert ON_USE_MODULES <= imports.keys()
+    eager = {m for at_level, _ in imports.values() for m in at_level}
+    assert not eager & ON_USE_MODULES
+    mentioned = "\n".join(p.read_text() for d in SOURCE_DIRS for p in (REPO / d).rglob("*.py"))
+    assert all(f'"{name}"' in mentioned for name in ON_USE_MODULES)
 
 
 def test_the_configuration_is_the_package_gradsweep_conf() -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_statistics, negative_nan, probe_step, probe_tensors
 from torch import nn
 
 import gradsweep.probe as probe_module
@@ -224,11 +225,6 @@ def _probe_rows(
     return step.stats[0, 0], step.hist[0, 0]
 
 
-def _negative_nan(dtype: type) -> np.generic:
-    bits = {np.float32: np.uint32(0xFFC00000), np.float64: np.uint64(0xFFF8000000000000)}[dtype]
-    return np.array([bits]).view(dtype)[0]
-
-
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("counting", COUNTING)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -251,7 +247,7 @@ def test_histogram_bins_and_nonfinite_counts(
             2.0**14,
             -5e30,
             math.nan,
-            _negative_nan(dtype),
+            negative_nan(dtype),
             math.inf,
             -math.inf,
         ],
@@ -304,51 +300,6 @@ def test_float32_overflow_of_the_norm_is_exact(
     assert stats[probe_module.S["grad_n_inf"]] == 0
 
 
-def _edge_values(dtype: type) -> np.ndarray:
-    """Zeros of both signs, subnormals, NaN and Inf, and both sides of every bin edge."""
-    edges = 2.0 ** np.arange(-41, 16, dtype=np.float64)
-    at = edges.astype(dtype)
-    below = np.nextafter(at, dtype(0))
-    specials = [0.0, -0.0, np.finfo(dtype).smallest_subnormal, np.finfo(dtype).tiny / 3]
-    specials += [math.nan, _negative_nan(dtype), math.inf, -math.inf, np.finfo(dtype).max]
-    values = np.concatenate([at, below, -at, -below, np.array(specials, dtype=dtype)])
-    return values.astype(dtype)
-
-
-def _tensors(dtype: type, specs: list[TensorSpec], replicas: int, special: bool):
-    """(K, numel) gradients of every sign and scale, with the edge values in some rows."""
-    rng = np.random.default_rng(1)
-    grads, params = [], []
-    for t, spec in enumerate(specs):
-        g = rng.standard_normal((replicas, spec.numel)) * 10.0 ** rng.uniform(-12, 3, spec.numel)
-        g[rng.random(g.shape) < 0.1] = 0.0
-        if special and t % 2 == 0:
-            edge = _edge_values(dtype)
-            g[replicas - 1, rng.choice(spec.numel, min(spec.numel, edge.size), replace=False)] = (
-                edge[: spec.numel]
-            )
-        grads.append(torch.from_numpy(g.astype(dtype)))
-        if spec.is_param:
-            p = 3.0 + rng.standard_normal((replicas, spec.numel))
-            params.append(torch.from_numpy(p.astype(dtype)))
-    return grads, params
-
-
-def _unpacked(specs, replicas, grads, params, strategy, monkeypatch):
-    """One step's stats and histograms from `strategy`: one-pass, numpy, torch or per-tensor."""
-    monkeypatch.setattr(probe_module, "ONE_PASS", strategy == "one-pass")
-    monkeypatch.setattr(probe_module, "HOST_REDUCTIONS", strategy == "numpy")
-    monkeypatch.setattr(
-        probe_module, "FUSED_MAX_ELEMENTS", 0 if strategy == "per-tensor" else 1 << 30
-    )
-    probe = GradientProbe(
-        specs, replicas, torch.device("cpu"), grads[0].dtype, counts_nonfinite=strategy == "torch"
-    )
-    packed = probe.measure(grads, params, with_hist=True).numpy().copy()
-    probe.repair_nonfinite(packed, grads, params)
-    return probe.strategy.name, probe.layout.unpack(packed, with_hist=True)
-
-
 # sizes below and above the raw-exponent table's threshold, and over several chunks
 SIZES = [(7, True), (300, False), (4095, True), (5000, True), (CHUNK_ELEMENTS * 2 + 13, False)]
 
@@ -363,40 +314,13 @@ def test_one_pass_equals_every_other_path(
     """Every statistic within float rounding, every count and histogram bin exactly."""
     specs = [TensorSpec(i, "weight" if p else "preact", n, p) for i, (n, p) in enumerate(SIZES)]
     replicas = 2
-    grads, params = _tensors(dtype, specs, replicas, special)
-    name, mine = _unpacked(specs, replicas, grads, params, "one-pass", monkeypatch)
+    grads, params = probe_tensors(dtype, specs, replicas, special)
+    name, mine = probe_step(specs, replicas, grads, params, "one-pass", monkeypatch)
     assert name == OnePassProbe.name
-    _, theirs = _unpacked(specs, replicas, grads, params, other, monkeypatch)
-    np.testing.assert_array_equal(mine.hist, theirs.hist)
-    assert (mine.hist.sum(-1) == np.array([s.numel for s in specs])).all()
-    names = probe_module.S
-    exact = ["grad_n_zero", "grad_n_nan", "grad_n_inf", "grad_min", "grad_max"]
-    for column in exact:
-        np.testing.assert_array_equal(
-            mine.stats[..., names[column]], theirs.stats[..., names[column]]
-        )
+    _, theirs = probe_step(specs, replicas, grads, params, other, monkeypatch)
     # float32 sums on the per-tensor path round at float32's precision; the others in float64
     rtol = 1e-4 if other == "per-tensor" and dtype == np.float32 else 1e-9
-    param_rows = [s.is_param for s in specs]
-    numel = np.array([s.numel for s in specs], dtype=np.float64)
-    for prefix, rows in (("grad", slice(None)), ("param", param_rows)):
-        a, b = (x[:, rows] for x in (mine.stats, theirs.stats))
-        for column in ("sumsq", "m2"):
-            np.testing.assert_allclose(
-                a[..., names[f"{prefix}_{column}"]],
-                b[..., names[f"{prefix}_{column}"]],
-                rtol=rtol,
-                equal_nan=True,
-                err_msg=f"{prefix}_{column}",
-            )
-        # a sum rounds relative to the sum of |x| <= sqrt(numel * sum of squares)
-        scale = np.sqrt(numel[rows] * b[..., names[f"{prefix}_sumsq"]])
-        diff = np.abs(a[..., names[f"{prefix}_sum"]] - b[..., names[f"{prefix}_sum"]])
-        finite = np.isfinite(scale)
-        assert (diff[finite] <= rtol * scale[finite]).all(), f"{prefix}_sum"
-        np.testing.assert_array_equal(
-            np.isfinite(a[..., names[f"{prefix}_sum"]]), np.isfinite(b[..., names[f"{prefix}_sum"]])
-        )
+    assert_same_statistics(mine, theirs, specs, rtol)
 
 
 @needs_kernel
@@ -404,13 +328,13 @@ def test_one_pass_numbers_do_not_depend_on_the_thread_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     specs = [TensorSpec(i, "weight" if p else "preact", n, p) for i, (n, p) in enumerate(SIZES)]
-    grads, params = _tensors(np.float32, specs, 3, True)
+    grads, params = probe_tensors(np.float32, specs, 3, True)
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(_unpacked(specs, 3, grads, params, "one-pass", monkeypatch)[1])
+            results.append(probe_step(specs, 3, grads, params, "one-pass", monkeypatch)[1])
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:

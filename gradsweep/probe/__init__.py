@@ -2,12 +2,14 @@
 
 Every tensor of interest (parameter gradients, BatchNorm parameter gradients
 and the backpropagated pre-activation gradients dL/dz) is reduced to a fixed
-row of statistics per replica. `GradientProbe` picks one of four strategies,
+row of statistics per replica. `GradientProbe` picks one of five strategies,
 each in its own module, all writing the packed vector `layout.PackedLayout`
 describes:
 
 * `one_pass.OnePassProbe`: on the CPU wherever its C kernel builds (`native`),
   every statistic of a tensor from one read of it;
+* `one_pass_triton.OnePassTritonProbe`: the same on CUDA wherever triton
+  imports (`triton_kernel`);
 * `numpy_host.NumpyHostProbe`: small networks in host memory, fused in numpy;
 * `fused_torch.FusedTorchProbe`: small networks otherwise (CUDA), all tensors
   concatenated into one float64 buffer and reduced by segment;
@@ -33,6 +35,7 @@ from gradsweep.probe.layout import STAT_COLUMNS, PackedLayout, S, StepArrays, Te
 from gradsweep.probe.native import load_kernel
 from gradsweep.probe.numpy_host import NumpyHostProbe
 from gradsweep.probe.one_pass import OnePassProbe
+from gradsweep.probe.one_pass_triton import OnePassTritonProbe, load_triton
 from gradsweep.probe.per_tensor import PerTensorProbe
 
 __all__ = [
@@ -49,7 +52,8 @@ __all__ = [
     "strategy_for",
 ]
 
-# the one-pass kernel on the CPU wherever it builds (tests turn it off to reach the others)
+# the one-pass kernels, on the CPU wherever the C one builds and on CUDA wherever triton imports
+# (tests turn them off to reach the others)
 ONE_PASS = True
 # fused strategy in numpy when the tensors are in host memory (the torch one serves CUDA)
 HOST_REDUCTIONS = True
@@ -66,6 +70,8 @@ def strategy_for(
     """
     if device_type == "cpu" and ONE_PASS and load_kernel() is not None:
         return OnePassProbe
+    if device_type == "cuda" and ONE_PASS and load_triton() is not None:
+        return OnePassTritonProbe
     counts_nonfinite = counts_nonfinite or device_type != "cpu"
     fused = replicas * sum(s.numel for s in specs) <= FUSED_MAX_ELEMENTS
     if fused and HOST_REDUCTIONS and device_type == "cpu" and not counts_nonfinite:
@@ -97,10 +103,14 @@ class GradientProbe:
         self.replicas = replicas
         self.device = device
         kind = strategy_for(specs, replicas, device.type, counts_nonfinite)
-        self.counts_nonfinite = counts_nonfinite or device.type != "cpu" or kind is OnePassProbe
+        self.counts_nonfinite = (
+            counts_nonfinite or device.type != "cpu" or kind.counts_nonfinite_always
+        )
         self.strategy: ProbeStrategy
         if kind is OnePassProbe:
             self.strategy = OnePassProbe(specs, replicas, dtype, load_kernel())
+        elif kind is OnePassTritonProbe:
+            self.strategy = OnePassTritonProbe(specs, replicas, device, dtype, load_triton())
         elif kind is NumpyHostProbe:
             self.strategy = NumpyHostProbe(specs, replicas)
         elif kind is FusedTorchProbe:

@@ -16,9 +16,12 @@ class ProbeStrategy(ABC):
 
     `name` is the statistics path a run file's footer records (`stats_path`): strategies
     round differently, so it is one of the things that decide a run's bits.
+    `counts_nonfinite_always`: the strategy counts NaN and Inf and sums in float64 on
+    every step wherever it runs, so its results never need `repair_nonfinite`.
     """
 
     name: ClassVar[str]
+    counts_nonfinite_always: ClassVar[bool] = False
     layout: PackedLayout
 
     @abstractmethod

@@ -35,9 +35,12 @@ class ChunkPlan:
     """Which elements each chunk reads and which row each segment writes, fixed for a run.
 
     Inputs are the gradients in spec order, then the parameters; each is (K, numel).
+    A chunk reads at most `chunk_elements`.
     """
 
-    def __init__(self, specs: list[TensorSpec], replicas: int) -> None:
+    def __init__(
+        self, specs: list[TensorSpec], replicas: int, chunk_elements: int = CHUNK_ELEMENTS
+    ) -> None:
         n_t = len(specs)
         param_index = [i for i, s in enumerate(specs) if s.is_param]
         inputs = [(i, specs[i].numel, False) for i in range(n_t)]
@@ -50,8 +53,8 @@ class ChunkPlan:
                 rows.append(r * n_t + spec)
                 params.append(int(is_param))
                 hists.append(-1 if is_param else r * n_t + spec)
-                for start in range(0, numel, CHUNK_ELEMENTS):
-                    length = min(CHUNK_ELEMENTS, numel - start)
+                for start in range(0, numel, chunk_elements):
+                    length = min(chunk_elements, numel - start)
                     chunks.append((index, r * numel + start, length, segment))
         table = np.array(chunks, dtype=np.int64).T.copy()
         self.n_inputs = len(inputs)
@@ -72,6 +75,7 @@ class OnePassProbe(ProbeStrategy):
     """One C call a step: the kernel fills the stats rows and the histogram block."""
 
     name = "one-pass-cpp"
+    counts_nonfinite_always = True
 
     def __init__(
         self, specs: list[TensorSpec], replicas: int, dtype: torch.dtype, kernel: Kernel
