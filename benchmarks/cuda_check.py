@@ -232,8 +232,8 @@ def overhead(device: str, repeats: int) -> dict[str, dict]:
             members = [run_values(RunConfig(**overrides))]
             figures = {"stats_path": planned_execution(members, 1).stats_path}
             for logging, log_every in (("every_step", 1), ("log_every_10", 10)):
-                bare, inst = measure(overrides, log_every, True, repeats, 50)
-                figures[logging] = inst / bare
+                bare, inst, ratio = measure(overrides, log_every, True, repeats, 50)
+                figures[logging] = ratio
                 figures[f"{logging}_bare_ms"] = bare * 1e3
                 figures[f"{logging}_instrumented_ms"] = inst * 1e3
         finally:
