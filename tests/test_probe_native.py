@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from conftest import assert_same_statistics, probe_step, probe_tensors
 
 import gradsweep.probe as probe_module
 from gradsweep.config import RunConfig, run_values
 from gradsweep.experiment import run_experiment
-from gradsweep.probe import native
+from gradsweep.probe import TensorSpec, native
 from gradsweep.probe.numpy_host import NumpyHostProbe
-from gradsweep.probe.one_pass import OnePassProbe
+from gradsweep.probe.one_pass import CHUNK_ELEMENTS, OnePassProbe
 
 LOAD = "from gradsweep.probe.native import load_kernel; k = load_kernel(); print(k.built, k.path)"
 
@@ -73,3 +76,36 @@ def test_with_the_kernel_a_run_records_the_one_pass_path(fresh_kernel) -> None:
         pytest.skip("the one-pass kernel does not build here (no C compiler)")
     result = run_experiment({**run_values(RunConfig()), "steps": 2})
     assert result.execution.stats_path == OnePassProbe.name
+
+
+SIZES = [(7, True), (300, False), (5000, True), (CHUNK_ELEMENTS * 2 + 13, False)]
+
+
+@pytest.mark.parametrize(
+    "isa", [(), ("-mno-avx512bw",), ("-mno-avx2",)], ids=["native", "avx2", "tables"]
+)
+def test_every_histogram_route_counts_what_the_numpy_path_counts(
+    isa: tuple, fresh_kernel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Blocks are counted by byte compares (AVX-512BW, AVX2) when they span few bins, else with
+    tables, as on CPUs without them: each build, on narrow and on wide blocks, counts exactly."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "FLAGS", (*native.FLAGS, *isa))
+    if fresh_kernel() is None:
+        pytest.skip(f"the one-pass kernel does not build here with {isa}")
+    specs = [TensorSpec(i, "weight" if p else "preact", n, p) for i, (n, p) in enumerate(SIZES)]
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        wide = probe_tensors(dtype, specs, 2, True)
+        narrow = (
+            [
+                torch.from_numpy((rng.standard_normal(g.shape) * 1e-3).astype(dtype))
+                for g in wide[0]
+            ],
+            wide[1],
+        )
+        for grads, params in (narrow, wide):
+            name, mine = probe_step(specs, 2, grads, params, "one-pass", monkeypatch)
+            assert name == OnePassProbe.name
+            _, theirs = probe_step(specs, 2, grads, params, "numpy", monkeypatch)
+            assert_same_statistics(mine, theirs, specs, 1e-9)

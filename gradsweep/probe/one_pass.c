@@ -37,32 +37,109 @@ static void merge(Moments *a, const Moments *b) {
     a->nonfinite += b->nonfinite;
 }
 
-/* The exponent field of |x| clamped to the histogram's window, minus the window's start. */
-#define BIN_OF(bits, shift, lo, hi)                                                   \
+/*
+ * A block's histogram, counted into a chunk's LANES tables h[LANES][256]. An
+ * element's bin is its exponent field clamped to the histogram's window. Where
+ * the CPU has byte-wide vector compares (AVX-512BW, AVX2), the block's bins are
+ * written as bytes first: a block of gradients spans few binades, so its counts
+ * come from one compare pass over those bytes per bin present, matches summed in
+ * byte lanes (at most BLOCK / 32 a lane) and then across them. A block spanning
+ * SPAN_MAX bins or more, and every block on other CPUs, increments the tables in
+ * turn, so that runs of equal bins do not wait on each other; on other CPUs a
+ * float32 chunk of RAW_MIN elements or more counts the raw exponent field in
+ * 256-entry tables (no clamp), and smaller ones the clamped window, so that short
+ * segments zero a short table.
+ */
+#define RAW_MIN 4096
+#define LANES 8
+#define WINDOW_BIN(bits, abs_mask, shift, lo, hi)                                     \
     ({                                                                                \
-        int64_t e_ = (int64_t)((bits) >> (shift));                                    \
+        int32_t e_ = (int32_t)(((bits) & (abs_mask)) >> (shift));                    \
         (e_ < (lo) ? (lo) : (e_ > (hi) ? (hi) : e_)) - (lo);                          \
     })
 
-/* Eight interleaved counters per bin, so that runs of equal bins do not wait on each other. */
-#define COUNT_BINS(h, bits, n, BIN)                                                   \
+#if defined(__AVX512BW__) || defined(__AVX2__)
+#include <immintrin.h>
+#define VECTOR_COUNTS 1
+#define SPAN_MAX 32
+#if defined(__AVX512BW__)
+#define VBYTES 64
+typedef __m512i vbytes;
+#define V_SET1(b) _mm512_set1_epi8((char)(b))
+#define V_ZERO() _mm512_setzero_si512()
+#define V_MATCH(acc, p, t)                                                            \
+    _mm512_mask_sub_epi8(acc, _mm512_cmpeq_epi8_mask(_mm512_loadu_si512(p), t), acc,  \
+                         _mm512_set1_epi8(-1))
+#define V_TOTAL(acc) ((uint32_t)_mm512_reduce_add_epi64(_mm512_sad_epu8(acc, V_ZERO())))
+#else
+#define VBYTES 32
+typedef __m256i vbytes;
+#define V_SET1(b) _mm256_set1_epi8((char)(b))
+#define V_ZERO() _mm256_setzero_si256()
+#define V_MATCH(acc, p, t) \
+    _mm256_sub_epi8(acc, _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(p)), t))
+static uint32_t v_total(__m256i acc) {
+    __m256i s = _mm256_sad_epu8(acc, _mm256_setzero_si256());
+    return (uint32_t)(_mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) +
+                      _mm256_extract_epi64(s, 2) + _mm256_extract_epi64(s, 3));
+}
+#define V_TOTAL(acc) v_total(acc)
+#endif
+static void count_bins(const uint8_t *bin, int64_t n, int lo, int hi, uint32_t h[LANES][256]) {
+    if (hi - lo >= SPAN_MAX) {
+        int64_t i = 0;
+        for (; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++) h[j][bin[i + j]]++;
+        for (; i < n; i++) h[0][bin[i]]++;
+        return;
+    }
+    int64_t whole = n / VBYTES * VBYTES;
+    for (int b = lo; b <= hi; b++) {
+        vbytes target = V_SET1(b), acc = V_ZERO();
+        for (int64_t i = 0; i < whole; i += VBYTES) acc = V_MATCH(acc, bin + i, target);
+        h[0][b] += V_TOTAL(acc);
+    }
+    for (int64_t i = whole; i < n; i++) h[0][bin[i]]++;
+}
+#define BLOCK_HIST(h, bits, n, raw, abs_mask, shift, lo, hi)                          \
+    do {                                                                              \
+        uint8_t bin_[BLOCK];                                                          \
+        int32_t first_ = WINDOW - 1, last_ = 0;                                       \
+        for (int64_t i_ = 0; i_ < (n); i_++) {                                        \
+            int32_t b_ = WINDOW_BIN((bits)[i_], abs_mask, shift, lo, hi);             \
+            bin_[i_] = (uint8_t)b_;                                                   \
+            first_ = b_ < first_ ? b_ : first_;                                       \
+            last_ = b_ > last_ ? b_ : last_;                                          \
+        }                                                                             \
+        count_bins(bin_, n, first_, last_, h);                                        \
+    } while (0)
+#else
+#define VECTOR_COUNTS 0
+/* the exponent field itself, where it fits the tables (float32): no clamp per element */
+#define RAW_BIN(bits, abs_mask, shift, lo, hi) ((int32_t)(((bits) & (abs_mask)) >> (shift)) & 255)
+#define COUNT_INTO(h, bits, n, BIN, abs_mask, shift, lo, hi)                          \
     do {                                                                              \
         int64_t i_ = 0;                                                               \
-        for (; i_ + 8 <= (n); i_ += 8)                                                \
-            for (int j_ = 0; j_ < 8; j_++) h[j_][BIN(bits[i_ + j_])]++;               \
-        for (; i_ < (n); i_++) h[0][BIN(bits[i_])]++;                                 \
+        for (; i_ + LANES <= (n); i_ += LANES)                                        \
+            for (int j_ = 0; j_ < LANES; j_++)                                        \
+                h[j_][BIN((bits)[i_ + j_], abs_mask, shift, lo, hi)]++;               \
+        for (; i_ < (n); i_++) h[0][BIN((bits)[i_], abs_mask, shift, lo, hi)]++;     \
     } while (0)
+#define BLOCK_HIST(h, bits, n, raw, abs_mask, shift, lo, hi)                          \
+    do {                                                                              \
+        if (raw)                                                                      \
+            COUNT_INTO(h, bits, n, RAW_BIN, abs_mask, shift, lo, hi);                 \
+        else                                                                          \
+            COUNT_INTO(h, bits, n, WINDOW_BIN, abs_mask, shift, lo, hi);              \
+    } while (0)
+#endif
 
 /*
  * One chunk of a tensor of type T (bits in SINT, SHIFT mantissa bits, exponent BIAS).
  * Extremes are taken on the order-preserving integer key of each float (sign-magnitude
  * to two's complement), which vectorises where float compares with NaN do not; a NaN
  * anywhere makes both extremes NaN in the end, as torch's aminmax does.
- * Chunks of RAW_MIN elements or more count the raw exponent field (no clamp), smaller
- * ones the clamped window, so that short segments zero a short table.
  */
-#define RAW_MIN 4096
-#define LANES 8
 #define KEY(bits) ((bits) ^ (((bits) >> (sizeof(bits) * 8 - 1)) & key_mask))
 #define DEFINE_CHUNK(NAME, T, SINT, UINT, SHIFT, BIAS)                                 \
     static T NAME##_value(SINT key) {                                                 \
@@ -73,14 +150,14 @@ static void merge(Moments *a, const Moments *b) {
     }                                                                                 \
     static void NAME(const T *x, int64_t len, int extremes, int with_hist, Moments *out, \
                      int64_t *hist) {                                                 \
-        const int64_t lo = (BIAS) - 41, hi = (BIAS) + 14, n_exp = 2 * (BIAS) + 2;     \
+        const int32_t lo = (BIAS) - 41, hi = (BIAS) + 14, n_exp = 2 * (BIAS) + 2;     \
         const UINT abs_mask = ~((UINT)1 << (sizeof(UINT) * 8 - 1));                   \
         const SINT key_mask = (SINT)abs_mask;                                         \
         const UINT inf_bits = (UINT)(n_exp - 1) << (SHIFT);                           \
         const SINT inf_key = (SINT)inf_bits, neg_inf_key = KEY((SINT)(inf_bits | ~abs_mask)); \
-        const int raw = len >= RAW_MIN && n_exp <= 256;                               \
-        uint32_t h[LANES][256];                                                           \
-        for (int j = 0; with_hist && j < LANES; j++)                                      \
+        const int raw = !VECTOR_COUNTS && len >= RAW_MIN && n_exp <= 256;             \
+        uint32_t h[LANES][256];                                                       \
+        for (int j = 0; with_hist && j < LANES; j++)                                  \
             memset(h[j], 0, raw ? sizeof h[j] : WINDOW * sizeof h[j][0]);             \
         Moments acc = {0};                                                            \
         for (int64_t start = 0; start < len; start += BLOCK) {                        \
@@ -118,16 +195,8 @@ static void merge(Moments *a, const Moments *b) {
                 double d = (double)p[i] - mean;                                       \
                 m2 += d * d;                                                          \
             }                                                                         \
-            if (with_hist) {                                                          \
-                const UINT *bits = (const UINT *)p;                                   \
-                if (raw) {                                                            \
-                    _Pragma("GCC diagnostic push")                                    \
-                    _Pragma("GCC diagnostic ignored \"-Warray-bounds\"")              \
-                    COUNT_BINS(h, bits, n, NAME##_RAW);                               \
-                    _Pragma("GCC diagnostic pop")                                     \
-                } else                                                                \
-                    COUNT_BINS(h, bits, n, NAME##_CLAMPED);                           \
-            }                                                                         \
+            if (with_hist)                                                            \
+                BLOCK_HIST(h, (const UINT *)p, n, raw, abs_mask, SHIFT, lo, hi);      \
             Moments block = {(double)n, s, q, mean, m2, (double)NAME##_value(kmin),   \
                              (double)NAME##_value(kmax), (double)zeros, (double)nans, \
                              (double)nonfinite};                                      \
@@ -144,11 +213,6 @@ static void merge(Moments *a, const Moments *b) {
             for (int j = 0; j < LANES; j++)                                           \
                 for (int b = 0; b < WINDOW; b++) hist[UNDERFLOW + b] += h[j][b];      \
     }
-
-#define chunk_f32_RAW(bits) (((bits) & 0x7FFFFFFFu) >> 23)
-#define chunk_f32_CLAMPED(bits) BIN_OF((bits) & 0x7FFFFFFFu, 23, 127 - 41, 127 + 14)
-#define chunk_f64_RAW(bits) 0
-#define chunk_f64_CLAMPED(bits) BIN_OF((bits) & 0x7FFFFFFFFFFFFFFFull, 52, 1023 - 41, 1023 + 14)
 
 DEFINE_CHUNK(chunk_f32, float, int32_t, uint32_t, 23, 127)
 DEFINE_CHUNK(chunk_f64, double, int64_t, uint64_t, 52, 1023)
