@@ -50,6 +50,11 @@ class Kernel:
     seconds: float
 
 
+def turned_off() -> bool:
+    """True when GRADSWEEP_ONE_PASS=0 turns the one-pass kernels off (the C and the Triton one)."""
+    return os.environ.get(DISABLE_ENV, "1") == "0"
+
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
@@ -97,7 +102,7 @@ def _build(compiler: str, target: Path) -> None:
 @functools.cache
 def load_kernel() -> Kernel | None:
     """The kernel, built on first use on this machine; None where it cannot be (see module)."""
-    if os.environ.get(DISABLE_ENV, "1") == "0":
+    if turned_off():
         return None
     compiler = _compiler()
     if compiler is None:

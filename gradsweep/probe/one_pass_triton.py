@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from types import ModuleType
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 from gradsweep.probe.base import ProbeStrategy
 from gradsweep.probe.layout import PackedLayout, TensorSpec
-from gradsweep.probe.native import DISABLE_ENV
+from gradsweep.probe.native import turned_off
 from gradsweep.probe.one_pass import ChunkPlan
 
 KERNEL_MODULE = "gradsweep.probe.triton_kernel"
@@ -36,7 +35,7 @@ COMPILE_OPTIONS = {"enable_fp_fusion": False}
 @functools.cache
 def load_triton() -> ModuleType | None:
     """The kernels' module where triton imports; None without it or with GRADSWEEP_ONE_PASS=0."""
-    if os.environ.get(DISABLE_ENV, "1") == "0":
+    if turned_off():
         return None
     try:
         return importlib.import_module(KERNEL_MODULE)
