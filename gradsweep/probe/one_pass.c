@@ -58,6 +58,18 @@ static void merge(Moments *a, const Moments *b) {
         (e_ < (lo) ? (lo) : (e_ > (hi) ? (hi) : e_)) - (lo);                          \
     })
 
+/* Each element's BIN incremented in turn, in LANES interleaved tables. */
+#define COUNT_INTO(h, bits, n, BIN, abs_mask, shift, lo, hi)                          \
+    do {                                                                              \
+        int64_t i_ = 0;                                                               \
+        for (; i_ + LANES <= (n); i_ += LANES)                                        \
+            for (int j_ = 0; j_ < LANES; j_++)                                        \
+                h[j_][BIN((bits)[i_ + j_], abs_mask, shift, lo, hi)]++;               \
+        for (; i_ < (n); i_++) h[0][BIN((bits)[i_], abs_mask, shift, lo, hi)]++;     \
+    } while (0)
+/* an element that is its bin already (a byte of the bins written first) */
+#define BYTE_BIN(b, abs_mask, shift, lo, hi) (b)
+
 #if defined(__AVX512BW__) || defined(__AVX2__)
 #include <immintrin.h>
 #define VECTOR_COUNTS 1
@@ -87,10 +99,7 @@ static uint32_t v_total(__m256i acc) {
 #endif
 static void count_bins(const uint8_t *bin, int64_t n, int lo, int hi, uint32_t h[LANES][256]) {
     if (hi - lo >= SPAN_MAX) {
-        int64_t i = 0;
-        for (; i + LANES <= n; i += LANES)
-            for (int j = 0; j < LANES; j++) h[j][bin[i + j]]++;
-        for (; i < n; i++) h[0][bin[i]]++;
+        COUNT_INTO(h, bin, n, BYTE_BIN, 0, 0, 0, 0);
         return;
     }
     int64_t whole = n / VBYTES * VBYTES;
@@ -117,14 +126,6 @@ static void count_bins(const uint8_t *bin, int64_t n, int lo, int hi, uint32_t h
 #define VECTOR_COUNTS 0
 /* the exponent field itself, where it fits the tables (float32): no clamp per element */
 #define RAW_BIN(bits, abs_mask, shift, lo, hi) ((int32_t)(((bits) & (abs_mask)) >> (shift)) & 255)
-#define COUNT_INTO(h, bits, n, BIN, abs_mask, shift, lo, hi)                          \
-    do {                                                                              \
-        int64_t i_ = 0;                                                               \
-        for (; i_ + LANES <= (n); i_ += LANES)                                        \
-            for (int j_ = 0; j_ < LANES; j_++)                                        \
-                h[j_][BIN((bits)[i_ + j_], abs_mask, shift, lo, hi)]++;               \
-        for (; i_ < (n); i_++) h[0][BIN((bits)[i_], abs_mask, shift, lo, hi)]++;     \
-    } while (0)
 #define BLOCK_HIST(h, bits, n, raw, abs_mask, shift, lo, hi)                          \
     do {                                                                              \
         if (raw)                                                                      \
