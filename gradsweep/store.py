@@ -92,9 +92,11 @@ def run_table(frame: pd.DataFrame) -> pa.Table:
     """
     check_columns(frame.columns)
     table = pa.Table.from_pandas(frame, schema=RUN_SCHEMA, preserve_index=False)
-    sweep_rows = pc.equal(table["source"], SWEEP_SOURCE)
     for name in SWEEP_REQUIRED:
-        if table[name].null_count and pc.any(pc.and_(sweep_rows, table[name].is_null())).as_py():
+        if not table[name].null_count:
+            continue
+        sweep_rows = pc.equal(table["source"], SWEEP_SOURCE)
+        if pc.any(pc.and_(sweep_rows, table[name].is_null())).as_py():
             raise ValueError(
                 f"column {name!r} holds a null on a {SWEEP_SOURCE!r} row: a sweep run file "
                 "carries its whole configuration (only recordings leave it null)"
