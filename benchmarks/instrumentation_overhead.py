@@ -42,6 +42,19 @@ def _block_seconds(step_fn, n_steps: int, sync) -> float:
     return (time.perf_counter() - start) / n_steps
 
 
+def _alternate(base, other, repeats: int, n_steps: int, sync) -> tuple[float, float, float]:
+    """Median seconds per step of `base` and of `other` over `repeats` adjacent block pairs
+    (after a warm-up block each), and the median of the pairs' other / base ratios."""
+    for fn in (base, other):
+        _block_seconds(fn, max(3, n_steps // 5), sync)
+    pairs = [
+        (_block_seconds(base, n_steps, sync), _block_seconds(other, n_steps, sync))
+        for _ in range(repeats)
+    ]
+    ratio = statistics.median(o / b for b, o in pairs)
+    return statistics.median(b for b, _ in pairs), statistics.median(o for _, o in pairs), ratio
+
+
 def measure(
     overrides: dict, log_every: int, hist: bool, repeats: int, n_steps: int
 ) -> tuple[float, float, float]:
@@ -68,15 +81,9 @@ def measure(
         else:
             run.bare_step(0)
 
-    for fn in (bare, logged):
-        _block_seconds(fn, max(3, n_steps // 5), sync)
-    bare_t, inst_t = [], []
-    for _ in range(repeats):
-        bare_t.append(_block_seconds(bare, n_steps, sync))
-        inst_t.append(_block_seconds(logged, n_steps, sync))
+    timings = _alternate(bare, logged, repeats, n_steps, sync)
     copies.arrays()
-    ratio = statistics.median(i / b for b, i in zip(bare_t, inst_t))
-    return statistics.median(bare_t), statistics.median(inst_t), ratio
+    return timings
 
 
 def step_tensors(run: GradientFlowRun) -> list[torch.Tensor]:
@@ -106,14 +113,8 @@ def statistics_and_floor(overrides: dict, hist: bool, repeats: int, n_steps: int
             for t in tensors:
                 t.sum()
 
-    for fn in (probe, floor):
-        _block_seconds(fn, max(3, n_steps // 5), sync)
-    probe_t, floor_t = [], []
-    for _ in range(repeats):
-        probe_t.append(_block_seconds(probe, n_steps, sync))
-        floor_t.append(_block_seconds(floor, n_steps, sync))
-    ratio = statistics.median(p / f for p, f in zip(probe_t, floor_t))
-    return statistics.median(probe_t), statistics.median(floor_t), run.probe.strategy.name, ratio
+    floor_t, probe_t, ratio = _alternate(floor, probe, repeats, n_steps, sync)
+    return probe_t, floor_t, run.probe.strategy.name, ratio
 
 
 def main() -> None:
